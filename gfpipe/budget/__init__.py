@@ -1,0 +1,1 @@
+"""Per-step costs, the budget-to-thresholds solver and online budget control (torch/numpy only)."""

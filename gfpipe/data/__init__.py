@@ -1,0 +1,1 @@
+"""Image shards over fsspec (local, file://, s3://), robust decoding, the synthetic dataset."""

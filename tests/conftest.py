@@ -1,0 +1,1 @@
+"""Shared test fixtures. Fixtures that belong to one area live in that area's conftest.py."""
