@@ -1,0 +1,295 @@
+"""Glance-and-Focus Network with an explicit per-image state, so early exit can be real.
+
+A glance step runs the global encoder f_G on a downsampled copy of the image; each focus step
+runs the policy pi on the previous step's feature map to choose a patch, then the local encoder
+f_L on that full-resolution patch; after every step the classifier f_C gives logits.
+
+The step API takes and returns a `GFState` whose tensors are indexed by image, so the engine can
+take the images that did not exit out of one batch and stack them with hard images from other
+batches before the next step. The policy is evaluated lazily at the start of a focus step, on
+the images that actually continue: an image that exits after step t has spent exactly the cost
+of steps 1..t and nothing for a location it will never use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gfpipe.config import ConfigError, Preprocessing
+from gfpipe.model.backbones import BACKBONES, build_backbone
+from gfpipe.model.classifier import CascadeClassifier, GRUClassifier
+from gfpipe.model.patches import extract_patches, patch_corners
+from gfpipe.model.policy import PatchPolicy, PolicyOutput
+
+# Per-backbone defaults for the fields left as None in GFNetConfig (the official choices for
+# ResNet and MobileNet-V3; small ones for the tiny test/demo backbone).
+_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "resnet": dict(classifier="gru", classifier_hidden=1024, policy_conv_channels=None,
+                   policy_hidden=1024, policy_mlp_width=2048),
+    "mobilenetv3": dict(classifier="cascade", classifier_hidden=0, policy_conv_channels=32,
+                        policy_hidden=256, policy_mlp_width=0),
+    "tiny": dict(classifier="gru", classifier_hidden=128, policy_conv_channels=16,
+                 policy_hidden=128, policy_mlp_width=0),
+}
+
+
+def _family(backbone: str) -> str:
+    return next(f for f in _FAMILY_DEFAULTS if backbone.startswith(f))
+
+
+@dataclass(frozen=True)
+class GFNetConfig:
+    """Architecture of one GFNet. Fields left None take the backbone family's default."""
+
+    backbone: str = "tiny"
+    num_classes: int = 10
+    input_size: int = 224
+    patch_size: int = 96
+    glance_size: int | None = None  # defaults to patch_size
+    T: int = 5
+    tiny_width: int = 16
+    classifier: str | None = None  # "gru" | "cascade"
+    classifier_hidden: int | None = None
+    policy_conv_channels: int | None = None  # 0 = flatten-form state encoder
+    policy_hidden: int | None = None
+    policy_mlp_width: int | None = None
+    glance_interpolation: str = "bicubic"
+
+    def resolved(self) -> "GFNetConfig":
+        """A copy with every None replaced by its default; checks the values."""
+        if self.backbone not in BACKBONES:
+            raise ConfigError(
+                f"unknown backbone {self.backbone!r}; known backbones: {', '.join(sorted(BACKBONES))}"
+            )
+        defaults = _FAMILY_DEFAULTS[_family(self.backbone)]
+        values = dataclasses.asdict(self)
+        for key, default in defaults.items():
+            if values[key] is None:
+                values[key] = default if default is not None else 0
+        if values["glance_size"] is None:
+            values["glance_size"] = self.patch_size
+        cfg = GFNetConfig(**values)
+        cfg._check()
+        return cfg
+
+    def _check(self) -> None:
+        if self.T < 1:
+            raise ConfigError(f"T must be >= 1, got {self.T}")
+        if self.num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
+        if not 0 < self.patch_size <= self.input_size:
+            raise ConfigError(
+                f"patch_size {self.patch_size} must be between 1 and input_size {self.input_size}"
+            )
+        if not 0 < self.glance_size <= self.input_size:
+            raise ConfigError(
+                f"glance_size {self.glance_size} must be between 1 and input_size {self.input_size}"
+            )
+        if self.classifier not in ("gru", "cascade"):
+            raise ConfigError(f"classifier must be 'gru' or 'cascade', got {self.classifier!r}")
+        if self.classifier == "gru" and self.classifier_hidden < 1:
+            raise ConfigError("a 'gru' classifier needs classifier_hidden >= 1")
+        if not self.policy_conv_channels and self.policy_mlp_width < 1:
+            raise ConfigError("a flatten-form policy (policy_conv_channels=0) needs policy_mlp_width >= 1")
+        if self.glance_interpolation not in ("bilinear", "bicubic", "area", "nearest"):
+            raise ConfigError(
+                f"glance_interpolation {self.glance_interpolation!r} is not one of "
+                "bilinear, bicubic, area, nearest"
+            )
+
+
+@dataclass
+class ModelCard:
+    """What travels with a model besides weights: labels, preprocessing, calibration, provenance."""
+
+    class_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    # {"confidences": (N, T) float tensor of max-softmax per step, optional "predictions"
+    # (N, T) long, "labels" (N,) long, "source": str}; set by the calibration pass.
+    calibration: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def default(cfg: GFNetConfig) -> "ModelCard":
+        resize = round(cfg.input_size / 0.875)
+        return ModelCard(
+            class_names=tuple(str(i) for i in range(cfg.num_classes)),
+            preprocessing=Preprocessing(resize=resize, crop=cfg.input_size),
+        )
+
+
+@dataclass
+class GFState:
+    """Per-image state between steps. Every tensor's first dim indexes images.
+
+    `step` is shared by all images of a state (the number of steps done): images can only be
+    batched with images at the same step, since the cascade classifier's state grows with it.
+    """
+
+    step: int
+    classifier: Tensor  # (N, H_c) GRU hidden, or (N, step * F) cascade features
+    policy: Tensor  # (N, H_p) policy GRU hidden (zeros before the first focus step)
+    features: Tensor  # (N, C, h, w) feature map of the last step: the policy's input
+    glimpses: Tensor  # (N, step - 1, 2) actions in [0, 1] of the patches used so far
+
+    def __len__(self) -> int:
+        return self.classifier.shape[0]
+
+    def _map(self, fn) -> "GFState":
+        return GFState(self.step, fn(self.classifier), fn(self.policy), fn(self.features), fn(self.glimpses))
+
+    def index(self, idx: Tensor | slice | Sequence[int]) -> "GFState":
+        """The state of a subset of images (bool mask, index tensor or slice)."""
+        return self._map(lambda t: t[idx])
+
+    def to(self, device: torch.device | str) -> "GFState":
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    @staticmethod
+    def cat(states: Sequence["GFState"]) -> "GFState":
+        """Stack the images of several states that are at the same step."""
+        if not states:
+            raise ValueError("GFState.cat needs at least one state")
+        steps = {s.step for s in states}
+        if len(steps) != 1:
+            raise ValueError(f"cannot stack states at different steps {sorted(steps)}")
+        if len(states) == 1:
+            return states[0]
+        return GFState(
+            states[0].step,
+            torch.cat([s.classifier for s in states]),
+            torch.cat([s.policy for s in states]),
+            torch.cat([s.features for s in states]),
+            torch.cat([s.glimpses for s in states]),
+        )
+
+
+class GFNet(nn.Module):
+    """Global encoder, local encoder, classifier and patch policy, with a glance/focus step API."""
+
+    def __init__(self, config: GFNetConfig, card: ModelCard | None = None):
+        super().__init__()
+        cfg = config.resolved()
+        self.config = cfg
+        self.card = card or ModelCard.default(cfg)
+        if len(self.card.class_names) != cfg.num_classes:
+            raise ConfigError(
+                f"{len(self.card.class_names)} class names given for a model with {cfg.num_classes} classes"
+            )
+        self.global_encoder = build_backbone(cfg.backbone, width=cfg.tiny_width)
+        self.local_encoder = build_backbone(cfg.backbone, width=cfg.tiny_width)
+        feat = self.global_encoder.feature_dim
+        if cfg.classifier == "gru":
+            self.classifier = GRUClassifier(feat, cfg.classifier_hidden, cfg.num_classes)
+        else:
+            self.classifier = CascadeClassifier(feat, cfg.num_classes, cfg.T)
+        # The policy reads the feature map of a glance (first focus step) or of a patch (later
+        # steps); both must have the same shape, which holds when glance_size == patch_size or
+        # both round to the same map size.
+        glance_map = self.global_encoder.map_size(cfg.glance_size)
+        patch_map = self.local_encoder.map_size(cfg.patch_size)
+        if cfg.T > 1 and glance_map != patch_map:
+            raise ConfigError(
+                f"glance_size {cfg.glance_size} gives a {glance_map}x{glance_map} feature map but "
+                f"patch_size {cfg.patch_size} gives {patch_map}x{patch_map}; the policy reads both. "
+                "Use sizes that give the same map (e.g. equal sizes)."
+            )
+        self.policy = PatchPolicy(
+            self.global_encoder.map_channels,
+            patch_map,
+            cfg.policy_hidden,
+            cfg.policy_conv_channels or None,
+            cfg.policy_mlp_width,
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Step API
+    # ----------------------------------------------------------------------------------------
+
+    def glance_input(self, images: Tensor) -> Tensor:
+        """images (N, 3, S, S) -> the downsampled glance (N, 3, g, g)."""
+        g = self.config.glance_size
+        if images.shape[-1] == g and images.shape[-2] == g:
+            return images
+        mode = self.config.glance_interpolation
+        align = True if mode in ("bilinear", "bicubic") else None
+        return F.interpolate(images, size=(g, g), mode=mode, align_corners=align)
+
+    def glance(self, images: Tensor) -> tuple[Tensor, GFState]:
+        """Step 1 on images (N, 3, S, S) -> logits (N, K) and the state after step 1."""
+        self._check_images(images)
+        pooled, fmap = self.global_encoder(self.glance_input(images))  # (N, F), (N, C, h, w)
+        n = images.shape[0]
+        logits, cls_state = self.classifier.step(pooled, self.classifier.init_state(n, pooled), 1)
+        state = GFState(
+            step=1,
+            classifier=cls_state,
+            policy=self.policy.init_state(n, pooled),
+            features=fmap,
+            glimpses=pooled.new_zeros(n, 0, 2),
+        )
+        return logits, state
+
+    def locate(self, state: GFState) -> PolicyOutput:
+        """Run the policy on the state's feature map: where the next focus step looks."""
+        return self.policy(state.features, state.policy)
+
+    def focus(self, images: Tensor, state: GFState, location: PolicyOutput | None = None) -> tuple[Tensor, GFState]:
+        """One focus step for images (N, 3, S, S) in `state` -> logits (N, K) and the new state.
+
+        `location` defaults to the policy's action mean (inference); training passes sampled or
+        random actions (with the policy hidden to carry on) instead.
+        """
+        self._check_images(images)
+        if state.step >= self.config.T:
+            raise ValueError(f"these images have done all T={self.config.T} steps; no focus step is left")
+        if len(state) != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but a state for {len(state)}")
+        if location is None:
+            location = self.locate(state)
+        p = self.config.patch_size
+        corners = patch_corners(location.action, self.config.input_size, p)  # (N, 2)
+        patches = extract_patches(images, corners, p)  # (N, 3, p, p)
+        pooled, fmap = self.local_encoder(patches)
+        step = state.step + 1
+        logits, cls_state = self.classifier.step(pooled, state.classifier, step)
+        glimpses = torch.cat([state.glimpses, location.action.detach().to(pooled.dtype).unsqueeze(1)], 1)
+        return logits, GFState(step, cls_state, location.hidden, fmap, glimpses)
+
+    def anytime(self, images: Tensor, return_locations: bool = False):
+        """All T steps for every image -> logits (T, N, K) [and action means (T-1, N, 2)].
+
+        This is what the paper's code computes for every image; the engine computes only what
+        each image needs.
+        """
+        logits, state = self.glance(images)
+        all_logits, actions = [logits], []
+        for _ in range(1, self.config.T):
+            location = self.locate(state)
+            actions.append(location.action)
+            logits, state = self.focus(images, state, location)
+            all_logits.append(logits)
+        stacked = torch.stack(all_logits)
+        if not return_locations:
+            return stacked
+        if actions:
+            return stacked, torch.stack(actions)
+        return stacked, stacked.new_zeros(0, images.shape[0], 2)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.anytime(images)
+
+    def _check_images(self, images: Tensor) -> None:
+        s = self.config.input_size
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2] != s or images.shape[3] != s:
+            raise ValueError(f"expected images of shape (N, 3, {s}, {s}), got {tuple(images.shape)}")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.card.class_names

@@ -1,0 +1,25 @@
+import torch
+
+from gfpipe.model import extract_patches, patch_corners
+
+
+def test_corners_follow_official_top_left_convention():
+    action = torch.tensor([[0.0, 1.0], [0.5, 0.25], [0.999, 0.001]])
+    corners = patch_corners(action, image_size=224, patch_size=96)
+    assert corners.tolist() == [[0, 128], [64, 32], [127, 0]]
+
+
+def test_corners_stay_inside_for_out_of_range_actions():
+    corners = patch_corners(torch.tensor([[-0.2, 1.3]]), 128, 64)
+    assert corners.tolist() == [[0, 64]]
+
+
+def test_batched_extraction_equals_slicing_each_image():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(5, 3, 40, 40, generator=g)
+    corners = torch.randint(0, 40 - 12 + 1, (5, 2), generator=g)
+    patches = extract_patches(images, corners, 12)
+    assert patches.shape == (5, 3, 12, 12)
+    for i in range(5):
+        r, c = corners[i].tolist()
+        assert torch.equal(patches[i], images[i, :, r:r + 12, c:c + 12])
