@@ -45,3 +45,31 @@ def write_results(name: str, figures: dict, goals: dict | None = None) -> Path:
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def randomize_weights(model, seed: int = 0) -> None:
+    """Give every tensor of `model` varied, well-scaled random values (BN statistics included).
+
+    Freshly initialised networks give near-identical outputs for every image (a ResNet's
+    confidences differ by 1e-4), which makes every image exit at the same step. Timing does not
+    depend on the values, but the exit histogram does; these weights spread confidences the way
+    a trained model does.
+    """
+    import math
+
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.dtype.is_floating_point:
+                continue
+            if name.endswith("running_var"):
+                t.copy_(1 + 0.5 * torch.rand(t.shape, generator=gen))
+            elif name.endswith("running_mean"):
+                t.copy_(0.1 * torch.randn(t.shape, generator=gen))
+            elif t.dim() == 1:
+                base = 1.0 if name.endswith("weight") else 0.0
+                t.copy_(base + 0.1 * torch.randn(t.shape, generator=gen))
+            else:
+                t.copy_(torch.randn(t.shape, generator=gen) / math.sqrt(max(1, t[0].numel())))

@@ -240,22 +240,32 @@ class GFNet(nn.Module):
         """Run the policy on the state's feature map: where the next focus step looks."""
         return self.policy(state.features, state.policy)
 
-    def focus(self, images: Tensor, state: GFState, location: PolicyOutput | None = None) -> tuple[Tensor, GFState]:
-        """One focus step for images (N, 3, S, S) in `state` -> logits (N, K) and the new state.
+    def focus(
+        self,
+        images: Tensor,
+        state: GFState,
+        location: PolicyOutput | None = None,
+        image_index: Tensor | None = None,
+    ) -> tuple[Tensor, GFState]:
+        """One focus step for the images in `state` -> logits (N, K) and the new state.
 
-        `location` defaults to the policy's action mean (inference); training passes sampled or
-        random actions (with the policy hidden to carry on) instead.
+        `images` (N, 3, S, S) are the full-resolution images, row i for state row i; or, with
+        `image_index` (N,), a larger store (M, 3, S, S) from which row image_index[i] is used
+        (the engine's way of never copying whole images between steps). `location` defaults to
+        the policy's action mean (inference); training passes sampled or random actions (with
+        the policy hidden to carry on) instead.
         """
         self._check_images(images)
         if state.step >= self.config.T:
             raise ValueError(f"these images have done all T={self.config.T} steps; no focus step is left")
-        if len(state) != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but a state for {len(state)}")
+        rows = images.shape[0] if image_index is None else image_index.shape[0]
+        if len(state) != rows:
+            raise ValueError(f"{rows} images but a state for {len(state)}")
         if location is None:
             location = self.locate(state)
         p = self.config.patch_size
         corners = patch_corners(location.action, self.config.input_size, p)  # (N, 2)
-        patches = extract_patches(images, corners, p)  # (N, 3, p, p)
+        patches = extract_patches(images, corners, p, image_index)  # (N, 3, p, p)
         pooled, fmap = self.local_encoder(patches)
         step = state.step + 1
         logits, cls_state = self.classifier.step(pooled, state.classifier, step)

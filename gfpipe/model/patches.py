@@ -19,14 +19,21 @@ def patch_corners(action: Tensor, image_size: int, patch_size: int) -> Tensor:
     return corners.clamp_(0, image_size - patch_size)
 
 
-def extract_patches(images: Tensor, corners: Tensor, patch_size: int) -> Tensor:
-    """images (N, C, H, W), corners (N, 2) -> patches (N, C, p, p), one gather, no per-image loop."""
-    n = images.shape[0]
+def extract_patches(images: Tensor, corners: Tensor, patch_size: int, image_index: Tensor | None = None) -> Tensor:
+    """images (M, C, H, W), corners (N, 2) -> patches (N, C, p, p), one gather, no per-image loop.
+
+    Patch i comes from image i, or from image `image_index[i]` when given: the engine keeps
+    full images in one store and gathers only the patches, never copying whole images.
+    """
+    n = corners.shape[0]
     offsets = torch.arange(patch_size, device=images.device)
     corners = corners.to(images.device)
     rows = corners[:, 0:1] + offsets  # (N, p)
     cols = corners[:, 1:2] + offsets  # (N, p)
-    batch = torch.arange(n, device=images.device).view(n, 1, 1)
+    if image_index is None:
+        batch = torch.arange(n, device=images.device).view(n, 1, 1)
+    else:
+        batch = image_index.to(images.device).view(n, 1, 1)
     # Advanced indices around a slice put the indexed dims first: (N, p, p, C).
     patches = images[batch, :, rows[:, :, None], cols[:, None, :]]
     return patches.permute(0, 3, 1, 2)  # (N, C, p, p), channels-last in memory

@@ -23,3 +23,13 @@ def test_batched_extraction_equals_slicing_each_image():
     for i in range(5):
         r, c = corners[i].tolist()
         assert torch.equal(patches[i], images[i, :, r:r + 12, c:c + 12])
+
+
+def test_extraction_from_a_store_by_index():
+    g = torch.Generator().manual_seed(1)
+    store = torch.randn(6, 3, 20, 20, generator=g)
+    index = torch.tensor([4, 0, 4])
+    corners = torch.tensor([[0, 0], [8, 3], [2, 10]])
+    patches = extract_patches(store, corners, 10, image_index=index)
+    for i, (src, (r, c)) in enumerate(zip(index.tolist(), corners.tolist())):
+        assert torch.equal(patches[i], store[src, :, r:r + 10, c:c + 10])
