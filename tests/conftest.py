@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import torch
+
+# Tests run tiny models: one thread is faster for them, and it keeps them from slowing to a crawl
+# when Ray workers or a second test process compete for the two cores (OpenMP spin-waits).
+torch.set_num_threads(1)
 
 _CREDENTIALS = {"key": "testing", "secret": "testing"}
 

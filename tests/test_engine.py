@@ -18,8 +18,8 @@ def tiny_model(classifier: str = "gru") -> GFNet:
                              T=T, classifier=classifier)).eval()
 
 
-def images(n: int, seed: int, scale: float = 1.0) -> torch.Tensor:
-    return scale * torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+def images(n: int, seed: int, scale: float = 1.0, size: int = 64) -> torch.Tensor:
+    return scale * torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 @torch.no_grad()
@@ -136,3 +136,33 @@ def test_controller_shadow_images_run_all_steps_and_are_reported():
     assert controller.images == 80 and controller.shadow_images == len(shadow)
     assert controller.spent == pytest.approx(sum(r["macs"] for r in rows))
     assert len(tiny_costs) == T
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("calibration_scale,stream_scale", [(2.0, 0.5), (0.5, 2.0)])
+def test_online_control_keeps_a_shifted_stream_on_budget(calibration_scale, stream_scale):
+    """Thresholds calibrated on one population, a stream from another: with the controller the
+    realized mean cost (shadow images included) lands within 2% of the target; without, it
+    misses by more. Input scale changes how confident the model is, so it stands in for easy
+    and hard images."""
+    torch.manual_seed(0)
+    model = GFNet(GFNetConfig(backbone="tiny", tiny_width=4, num_classes=6, input_size=32, patch_size=16, T=T)).eval()
+    torch.nn.init.normal_(model.classifier.fc.weight, 0, 1.0)  # confidences that vary per image
+    calib_conf, _ = anytime_confidences(model, images(512, seed=7, size=32, scale=calibration_scale))
+    stream = images(3072, seed=8, size=32, scale=stream_scale)
+    costs = np.array(EarlyExitEngine(model, [0.5] * T, 4).costs)
+    target = float(costs[0] + 0.4 * (costs[-1] - costs[0]))
+
+    fixed = thresholds(calib_conf, exit_fractions(costs, target))
+    stream_conf, _ = anytime_confidences(model, stream)
+    uncontrolled = simulate(stream_conf, fixed, costs).mean_cost
+    assert abs(uncontrolled / target - 1) > 0.02
+
+    controller = BudgetController(costs, target, calib_conf, total_images=len(stream), seed=0)
+    engine = EarlyExitEngine(model, None, batch_size=32, controller=controller)
+    keys = [f"img-{i}" for i in range(len(stream))]
+    rows = list(engine.run(batched(keys, stream, 64)))
+    realized = sum(r["macs"] for r in rows) / len(rows)
+    assert len(rows) == len(stream)
+    print(f"realized/target {realized / target:.4f}, without control {uncontrolled / target:.4f}")
+    assert abs(realized / target - 1) < 0.02, (realized / target, uncontrolled / target)
