@@ -41,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, OSError) as exc:
+        # Bad input (budgets, checkpoints, storage URIs) is the user's to fix: say what, no traceback.
+        logging.getLogger("gfpipe").error("%s", exc, exc_info=args.verbose)
+        return 2
 
 
 if __name__ == "__main__":

@@ -166,3 +166,17 @@ def test_online_control_keeps_a_shifted_stream_on_budget(calibration_scale, stre
     assert len(rows) == len(stream)
     print(f"realized/target {realized / target:.4f}, without control {uncontrolled / target:.4f}")
     assert abs(realized / target - 1) < 0.02, (realized / target, uncontrolled / target)
+
+
+def test_channels_last_gives_the_same_rows():
+    model = tiny_model()
+    eta = solved_thresholds(model, images(64, seed=1))
+    x = images(24, seed=9)
+    plain = list(EarlyExitEngine(model, eta, batch_size=8).run(batched([str(i) for i in range(24)], x, 8)))
+    other = list(EarlyExitEngine(tiny_model(), eta, batch_size=8, channels_last=True)
+                 .run(batched([str(i) for i in range(24)], x, 8)))
+    by_key = {r["key"]: r for r in other}
+    for row in plain:
+        twin = by_key[row["key"]]
+        assert (twin["exit_step"], twin["label"]) == (row["exit_step"], row["label"])
+        assert twin["confidence"] == pytest.approx(row["confidence"], abs=1e-5)

@@ -74,6 +74,8 @@ def format_amount(value: float, unit: str = "MACs", like: float | None = None, d
     scale (``0.4 GMACs is below 0.76 GMACs``).
     """
     prefix, factor = _scale_for(value if like is None else like, unit)
+    if like is not None and value and not 1e-3 <= abs(value / factor) < 1e3:
+        prefix, factor = _scale_for(value, unit)  # 31.2 ms reads better than 3.12e+04 us
     return f"{_number(value / factor, digits)} {prefix}{unit}"
 
 

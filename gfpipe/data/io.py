@@ -388,3 +388,28 @@ def _bucket(uri: str) -> str:
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def add_storage_arguments(parser: Any) -> None:
+    """`--endpoint-url` and `--storage-options`, shared by every command that touches storage."""
+    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
+    parser.add_argument(
+        "--storage-options",
+        default=None,
+        help='JSON object of fsspec storage options, e.g. \'{"anon": true}\'',
+    )
+
+
+def storage_options_from_args(args: Any) -> dict[str, Any] | None:
+    """The storage options that `add_storage_arguments` collected (None when none were given)."""
+    import json
+
+    try:
+        options = json.loads(args.storage_options) if args.storage_options else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--storage-options is not valid JSON ({exc}); e.g. '{{\"anon\": true}}'") from None
+    if not isinstance(options, dict):
+        raise ValueError("--storage-options must be a JSON object, e.g. '{\"anon\": true}'")
+    if args.endpoint_url:
+        options["endpoint_url"] = args.endpoint_url
+    return options or None

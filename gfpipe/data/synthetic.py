@@ -29,7 +29,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from gfpipe.config import Preprocessing
-from gfpipe.data.io import StorageError, join_uri, open_file, write_bytes
+from gfpipe.data.io import (
+    StorageError,
+    add_storage_arguments,
+    join_uri,
+    open_file,
+    storage_options_from_args,
+    write_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -412,22 +419,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--classes", default=defaults.classes, help="one character per class")
     parser.add_argument("--image-format", default=defaults.image_format, choices=("jpg", "png"))
-    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
-    parser.add_argument(
-        "--storage-options",
-        default=None,
-        help="JSON dict of fsspec storage options, e.g. '{\"anon\": false}'",
-    )
+    add_storage_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the requested split; prints where and how much."""
     try:
-        options = json.loads(args.storage_options) if args.storage_options else {}
-        if not isinstance(options, dict):
-            raise ValueError("--storage-options must be a JSON object")
-        if args.endpoint_url:
-            options["endpoint_url"] = args.endpoint_url
+        options = storage_options_from_args(args)
         config = SynthConfig(
             image_size=args.image_size,
             classes=args.classes,
@@ -445,7 +443,7 @@ def run(args: argparse.Namespace) -> int:
             config,
             formats=formats,
             shard_size=args.shard_size,
-            storage_options=options or None,
+            storage_options=options,
         )
     except (StorageError, ValueError) as exc:
         log.error("%s", exc)
