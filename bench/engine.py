@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--budget-share", type=float, default=0.35,
                         help="target mean cost as a share of the way from C_1 to C_T")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--name", default="engine", help="results file bench/results/NAME.json")
     args = parser.parse_args()
     torch.manual_seed(0)
     model = GFNet(GFNetConfig(backbone=args.arch, num_classes=1000, patch_size=args.patch, T=args.T)).eval()
@@ -140,7 +141,7 @@ def main() -> None:
     print(f"MACs ratio (theoretical speedup): {theoretical_speedup:.3f}   realized speedup: {realized_speedup:.3f}")
     print(f"realized / theoretical: {figures['realized_over_theoretical']:.3f} (goal >= 0.9)")
     print(f"batch efficiency:       {batch_efficiency:.3f} (goal >= 0.95)")
-    print(f"wrote {write_results('engine', figures, goals)}")
+    print(f"wrote {write_results(args.name, figures, goals)}")
 
 
 if __name__ == "__main__":
