@@ -13,7 +13,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def machine() -> dict:
     """CPU model, cores, and library versions: figures only compare within one machine."""
-    cpu = platform.processor() or "unknown"
+    cpu = platform.processor() or platform.machine() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -22,6 +22,11 @@ def machine() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    for module in ("numpy", "PIL"):
+        try:
+            info[module.lower().replace("pil", "pillow")] = __import__(module).__version__
+        except ImportError:
+            pass
     try:
         import torch
 
@@ -34,11 +39,11 @@ def machine() -> dict:
 
 
 def write_results(name: str, figures: dict, goals: dict | None = None) -> Path:
-    """Write bench/results/NAME.json with the figures, their goals, the machine and the command."""
+    """Write bench/results/NAME.json: the figures (top-level keys), their goals, the machine, the command."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {
-        "figures": figures,
+        **figures,
         "goals": goals or {},
         "machine": machine(),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

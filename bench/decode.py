@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,7 +26,10 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from gfpipe.config import Preprocessing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+from gfpipe.config import Preprocessing  # noqa: E402
 from gfpipe.data.decode import decode_pil, decode_preprocess, preprocess, resize_shorter
 
 PREP = Preprocessing()  # resize 256, crop 224: the ImageNet default
@@ -97,24 +98,6 @@ def draft_quality(paths: list[Path]) -> float:
         full = preprocess(decode_pil(data, draft_size=None)[0], PREP)
         diffs.append(float(np.abs((with_draft - full) * std).mean() * 255))
     return round(float(np.mean(diffs)), 2)
-
-
-def machine() -> dict[str, object]:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import PIL
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "pillow": PIL.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from gfpipe.config import Preprocessing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine  # noqa: E402
+
+from gfpipe.config import Preprocessing  # noqa: E402
 from gfpipe.data.decode import decode, preprocess
 from gfpipe.data.synthetic import SynthConfig, encode_image, generate, oracle_crop
 
@@ -114,21 +116,6 @@ def accuracy(model: SmallCNN, x: np.ndarray, y: np.ndarray, small: np.ndarray) -
         "all": round(float(hit.mean()), 4),
         "small": round(float(hit[small].mean()), 4),
         "large": round(float(hit[~small].mean()), 4),
-    }
-
-
-def machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
     }
 
 

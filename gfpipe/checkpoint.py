@@ -43,8 +43,17 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def save_checkpoint(model: GFNet, dest: str | os.PathLike | BinaryIO, provenance: Mapping[str, Any] | None = None) -> None:
-    """Write `model` (weights + its card) to a local path or a binary file object."""
+def save_checkpoint(
+    model: GFNet,
+    dest: str | os.PathLike | BinaryIO,
+    provenance: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write `model` (weights + its card) to a local path, an fsspec URI or a binary file object.
+
+    Local files are written to a temporary name and renamed, remote ones uploaded in one piece,
+    so a crash never leaves a half-written checkpoint under the final name.
+    """
     card = model.card
     payload = {
         "format": FORMAT,
@@ -62,12 +71,23 @@ def save_checkpoint(model: GFNet, dest: str | os.PathLike | BinaryIO, provenance
             "torch_version": str(torch.__version__),
         },
     }
-    if isinstance(dest, (str, os.PathLike)):
-        tmp = f"{os.fspath(dest)}.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, dest)  # never leave a half-written checkpoint behind
-    else:
+    if not isinstance(dest, (str, os.PathLike)):
         torch.save(payload, dest)
+        return
+    path = os.fspath(dest)
+    if path.startswith("file://"):
+        path = path[len("file://"):]
+    if "://" in path:
+        from gfpipe.data.io import open_file  # storage only when a remote URI is asked for
+
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        with open_file(path, "wb", storage_options) as fh:
+            fh.write(buffer.getvalue())
+        return
+    tmp = f"{path}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
 
 
 def _cpu(value: Any) -> Any:

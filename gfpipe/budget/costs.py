@@ -122,8 +122,7 @@ def measure_step_seconds(
     seconds, (_, state) = timed(lambda: model.glance(images))
     per_step = [seconds]
     for _ in range(1, cfg.T):
-        prev = state
-        seconds, (_, state) = timed(lambda: model.focus(images, prev))
+        seconds, (_, state) = timed(lambda prev=state: model.focus(images, prev))
         per_step.append(seconds)
     cumulative = []
     total = 0.0
