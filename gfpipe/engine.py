@@ -39,16 +39,17 @@ class _ImageStore:
     by what the pools can hold plus one input batch.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
         self.device = device
+        self.dtype = dtype
         self.tensor: Tensor | None = None
         self.free: list[int] = []
 
     def put(self, images: Tensor) -> np.ndarray:
-        """Copy images (n, 3, S, S) in; returns their slots."""
+        """Copy images (n, 3, S, S) in, as the model's dtype; returns their slots."""
         n = images.shape[0]
         if self.tensor is None:
-            self.tensor = images.new_empty((0, *images.shape[1:]), device=self.device)
+            self.tensor = torch.empty((0, *images.shape[1:]), device=self.device, dtype=self.dtype)
         if len(self.free) < n:
             self._grow(n - len(self.free))
         slots = np.array([self.free.pop() for _ in range(n)], dtype=np.int64)
@@ -205,7 +206,7 @@ class EarlyExitEngine:
         focus patches, in pixels of the model input).
         """
         pools = [_Pool() for _ in range(self.T)]
-        store = _ImageStore(self.device)
+        store = _ImageStore(self.device, next(self.model.parameters()).dtype)
         size = self.model.config.input_size
         for keys, images in batches:
             keys = list(keys)
@@ -213,6 +214,11 @@ class EarlyExitEngine:
                 raise ValueError(f"{len(keys)} keys for {images.shape[0]} images")
             if tuple(images.shape[1:]) != (3, size, size):
                 raise ValueError(f"expected images of shape (n, 3, {size}, {size}), got {tuple(images.shape)}")
+            if not images.is_floating_point():
+                raise ValueError(
+                    f"images must be preprocessed floats (resize, crop, normalise), got {images.dtype}; "
+                    "see gfpipe.data.decode.preprocess"
+                )
             if not keys:
                 continue
             shadow = (

@@ -119,6 +119,12 @@ def test_bad_arguments_are_refused():
     engine = EarlyExitEngine(model, [0.5] * T, batch_size=4)
     with pytest.raises(ValueError, match="3 keys for 2 images"):
         list(engine.run([(["a", "b", "c"], images(2, seed=0))]))
+    with pytest.raises(ValueError, match="preprocessed floats"):
+        list(engine.run([(["a"], torch.zeros(1, 3, 64, 64, dtype=torch.uint8))]))
+    with pytest.raises(ValueError, match=r"shape \(n, 3, 64, 64\)"):
+        list(engine.run([(["a"], torch.zeros(1, 3, 32, 32))]))
+    half = list(engine.run([(["a"], images(1, seed=0).half())]))  # cast to the model's dtype
+    assert len(half) == 1
 
 
 def test_controller_shadow_images_run_all_steps_and_are_reported():
