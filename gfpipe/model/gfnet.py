@@ -30,7 +30,7 @@ from gfpipe.model.policy import PatchPolicy, PolicyOutput
 # Per-backbone defaults for the fields left as None in GFNetConfig (the official choices for
 # ResNet and MobileNet-V3; small ones for the tiny test/demo backbone).
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "resnet": dict(classifier="gru", classifier_hidden=1024, policy_conv_channels=None,
+    "resnet": dict(classifier="gru", classifier_hidden=1024, policy_conv_channels=0,
                    policy_hidden=1024, policy_mlp_width=2048),
     "mobilenetv3": dict(classifier="cascade", classifier_hidden=0, policy_conv_channels=32,
                         policy_hidden=256, policy_mlp_width=0),
@@ -71,7 +71,7 @@ class GFNetConfig:
         values = dataclasses.asdict(self)
         for key, default in defaults.items():
             if values[key] is None:
-                values[key] = default if default is not None else 0
+                values[key] = default
         if values["glance_size"] is None:
             values["glance_size"] = self.patch_size
         cfg = GFNetConfig(**values)
