@@ -244,8 +244,8 @@ def _official_value(raw: dict, key: str, override: Any, what: str, name: Any) ->
     if result is None:
         raise CheckpointError(
             f"{name} is an official GFNet checkpoint without metadata (written by the training "
-            f"script); pass {what} explicitly, e.g. load_checkpoint(path, arch='resnet50', "
-            "patch_size=96, T=5)"
+            "script); give its arch, patch_size and T (--arch resnet50 --patch-size 96 --T 5 on the "
+            "command line; load_checkpoint(path, arch='resnet50', patch_size=96, T=5) in Python)"
         )
     return result
 

@@ -14,14 +14,19 @@ from gfpipe.data.io import (
     StorageError,
     StorageNotFoundError,
     StoragePermissionError,
+    check_storage_options,
+    ensure_writable,
     filesystem,
     list_shards,
     open_file,
+    write_json,
 )
+from gfpipe.data.labels import LabelMap, dataset_class_names
 from gfpipe.data.shards import (
     RawRecord,
     ReadOptions,
     Shard,
+    count_images,
     decode_record,
     discover_shards,
     iter_shard_records,
@@ -30,6 +35,7 @@ from gfpipe.data.shards import (
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "LabelMap",
     "NoShardsError",
     "RawRecord",
     "ReadOptions",
@@ -38,9 +44,13 @@ __all__ = [
     "StorageError",
     "StorageNotFoundError",
     "StoragePermissionError",
+    "check_storage_options",
+    "count_images",
+    "dataset_class_names",
     "decode_preprocess",
     "decode_record",
     "discover_shards",
+    "ensure_writable",
     "filesystem",
     "iter_shard_records",
     "list_shards",
@@ -48,4 +58,5 @@ __all__ = [
     "preprocess",
     "preprocess_batch",
     "read_images",
+    "write_json",
 ]

@@ -5,15 +5,37 @@ rules holds everywhere: credentials and endpoint come from the standard AWS envi
 (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, ~/.aws/...) plus explicit `storage_options`
 (`{"endpoint_url": ...}` for an S3-compatible store), and storage failures become
 `StorageError`s that name the URI and say what to do instead of a bare botocore traceback.
+
+S3 first contact: the first time a filesystem is used, one cheap request (HEAD of the bucket)
+checks that the endpoint answers at all, with few retries and a short connect timeout, so an
+unreachable endpoint fails in about `PROBE_CONNECT_TIMEOUT` seconds instead of after botocore's
+and s3fs's full retry cycles (8-22 s, much more for an endpoint that drops packets). Once it
+has answered, normal operations keep the full retries. The probe honours the user's own
+`config_kwargs["connect_timeout"]`, `config_kwargs["retries"]`, `config_kwargs["read_timeout"]`
+and gfpipe's top-level `retries` (s3fs's per-call retry count); if the endpoint has not answered
+within `SLOW_CONNECT_LOG_SECONDS`, an INFO line on this module's logger says what is being tried.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import datetime
+import difflib
+import enum
+import functools
+import inspect
 import itertools
+import json
 import logging
+import math
+import os
+import pathlib
 import posixpath
 import re
+import threading
+import uuid
 from typing import Any, Iterator, Mapping
 
 import fsspec
@@ -24,6 +46,20 @@ log = logging.getLogger(__name__)
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+_S3 = ("s3", "s3a")
+
+PROBE_CONNECT_TIMEOUT = 2.0
+"""Seconds the first-contact probe waits for a TCP connection (unless config_kwargs says otherwise)."""
+
+PROBE_READ_TIMEOUT = 10.0
+"""Seconds the first-contact probe waits for an answer once connected (unless config_kwargs says)."""
+
+SLOW_CONNECT_LOG_SECONDS = 1.0
+"""After this long without a first answer, an INFO line names the endpoint being tried."""
+
+GFPIPE_S3_OPTIONS = ("endpoint_url", "retries")
+"""Top-level S3 storage options gfpipe handles itself: `endpoint_url` (moved under client_kwargs
+for s3fs versions without the argument) and `retries` (s3fs's retry count per call, default 5)."""
 
 
 class StorageError(OSError):
@@ -49,19 +85,208 @@ class NoShardsError(StorageNotFoundError):
 def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
     """The fsspec filesystem for `uri` and the path inside it (`bucket/key` for S3).
 
-    `storage_options` go to the filesystem constructor; for S3 a top-level `endpoint_url` is
-    accepted (and moved under `client_kwargs` for s3fs versions that lack the argument).
+    `storage_options` go to the filesystem constructor, after `check_storage_options` (an
+    unknown key is a ValueError that names it). For S3, `GFPIPE_S3_OPTIONS` are also accepted,
+    and the first use of a filesystem checks that its endpoint answers (see the module doc):
+    an unreachable endpoint raises `StorageConnectionError` here, within a few seconds.
     """
     protocol, _ = split_protocol(uri)
+    check_storage_options(uri, storage_options)
     options = _normalise_options(protocol, storage_options)
+    retries = options.pop("retries", None) if protocol in _S3 else None
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 1):
+        raise ValueError(
+            f"{uri}: storage option retries must be an integer >= 1 (s3fs attempts per call), "
+            f"got {retries!r}"
+        )
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **options)
+        if retries is None:
+            fs, path = fsspec.core.url_to_fs(uri, **options)
+        else:
+            fs, path = _fs_with_retries(uri, options, retries)
     except (ImportError, ValueError) as exc:
         raise StorageError(
             f"{uri}: no filesystem for protocol {protocol!r} ({exc}); install the fsspec "
             "implementation for it (s3fs for s3://) or fix the URI"
         ) from exc
+    if protocol in _S3:
+        _first_contact(fs, uri, options, retries)
     return fs, path
+
+
+def check_storage_options(uri: str, options: Mapping[str, Any] | None, flag: str = "storage_options") -> None:
+    """Raise ValueError when `options` holds a key the filesystem for `uri` does not accept.
+
+    Without this a misspelled key reaches the filesystem (for S3, aiobotocore) as a raw
+    TypeError deep inside a run. For s3/s3a the accepted keys are s3fs's named arguments, those
+    fsspec takes through **kwargs (listings cache, skip_instance_cache), the aiobotocore session's
+    (`profile`), and `GFPIPE_S3_OPTIONS`; `config_kwargs` and `client_kwargs` are checked
+    against botocore's Config and create_client too. Other protocols are checked against their
+    class's __init__ when it takes no **kwargs (else anything goes). `flag` names the option in
+    the message (e.g. "--storage-options").
+    """
+    if options is None:
+        return
+    if not isinstance(options, Mapping):
+        raise ValueError(
+            f"{flag} must be a mapping of option names to values (e.g. {{\"anon\": true}}), "
+            f"got {type(options).__name__}"
+        )
+    protocol = split_protocol(uri)[0] or "file"
+    accepted = _accepted_options(protocol)
+    if accepted is None:
+        return
+    where = f"{protocol}:// storage ({uri})"
+    _check_keys(options, accepted, flag, where)
+    if protocol in _S3:
+        for name, keys in (("config_kwargs", _botocore_config_keys()), ("client_kwargs", _client_keys())):
+            nested = options.get(name)
+            if nested is None or keys is None:
+                continue
+            if not isinstance(nested, Mapping):
+                raise ValueError(f"{flag}: {name} must be a mapping, got {type(nested).__name__} ({nested!r})")
+            _check_keys(nested, keys, f"{flag} {name}", where)
+
+
+def _check_keys(options: Mapping[str, Any], accepted: frozenset[str], flag: str, where: str) -> None:
+    for key in options:
+        if key in accepted:
+            continue
+        close = difflib.get_close_matches(str(key), sorted(accepted), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"{flag}: {key!r} is not an option of {where}; {hint}"
+            f"accepted keys: {', '.join(sorted(accepted))}"
+        )
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted_options(protocol: str) -> frozenset[str] | None:
+    """The option names the filesystem class for `protocol` takes (None: it takes any)."""
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError):
+        return None  # filesystem() reports the missing implementation
+    named = _named_parameters(cls.__init__)
+    if protocol not in _S3:
+        return None if _takes_var_keyword(cls.__init__) else named
+    from fsspec.dircache import DirCache
+
+    extra = _named_parameters(DirCache.__init__) | {"skip_instance_cache"}
+    try:  # s3fs hands its remaining **kwargs to the aiobotocore session (e.g. profile)
+        from aiobotocore.session import AioSession
+
+        extra |= _named_parameters(AioSession.__init__)
+    except ImportError:  # pragma: no cover
+        pass
+    return named | extra | frozenset(GFPIPE_S3_OPTIONS)
+
+
+@functools.lru_cache(maxsize=None)
+def _botocore_config_keys() -> frozenset[str] | None:
+    try:
+        from aiobotocore.config import AioConfig
+        from botocore.config import Config
+    except ImportError:  # pragma: no cover
+        return None
+    return frozenset(Config.OPTION_DEFAULTS) | _named_parameters(AioConfig.__init__)
+
+
+@functools.lru_cache(maxsize=None)
+def _client_keys() -> frozenset[str] | None:
+    try:
+        from aiobotocore.session import AioSession
+    except ImportError:  # pragma: no cover
+        return None
+    # s3fs passes service name and config itself
+    return _named_parameters(AioSession._create_client) - {"service_name", "config"}
+
+
+def _named_parameters(func: Any) -> frozenset[str]:
+    params = inspect.signature(func).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return frozenset(p.name for p in params if p.kind in kinds and p.name != "self")
+
+
+def _takes_var_keyword(func: Any) -> bool:
+    return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(func).parameters.values())
+
+
+_RETRY_FS: dict[str, Any] = {}
+_RETRY_FS_LOCK = threading.Lock()
+
+
+def _fs_with_retries(uri: str, options: dict[str, Any], retries: Any) -> tuple[Any, str]:
+    """An s3fs instance with its own `retries`; fsspec's instance cache cannot tell them apart
+    (the value is not a constructor argument), so gfpipe keeps these instances itself."""
+    token = fsspec.utils.tokenize(split_protocol(uri)[0], options, retries, os.getpid())
+    with _RETRY_FS_LOCK:
+        fs = _RETRY_FS.get(token)
+        if fs is None:
+            fs, path = fsspec.core.url_to_fs(uri, skip_instance_cache=True, **options)
+            fs.retries = retries
+            _RETRY_FS[token] = fs
+            return fs, path
+    return fs, fs._strip_protocol(uri)
+
+
+def _first_contact(fs: Any, uri: str, options: Mapping[str, Any], retries: Any) -> None:
+    """Check once per S3 filesystem that its endpoint answers, failing fast when it does not.
+
+    A throwaway client with the user's settings, except that gfpipe's defaults cap the attempts
+    (1) and the connect timeout (`PROBE_CONNECT_TIMEOUT`) where the user set none, sends one
+    unsigned HEAD of the bucket: any HTTP answer (200, 403, 404) or a read timeout proves the
+    endpoint is reachable; a connection failure raises `StorageConnectionError`. Anything else
+    is left to the real request, which reports it.
+    """
+    if getattr(fs, "_gfpipe_reachable", False):
+        return
+    try:
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+    except ImportError:  # pragma: no cover - s3fs always brings botocore
+        return
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", PROBE_CONNECT_TIMEOUT)
+    config.setdefault("read_timeout", PROBE_READ_TIMEOUT)
+    config.setdefault("retries", {"total_max_attempts": 1})
+    # Unsigned: reachability needs no credentials, and a missing endpoint is the first thing to
+    # report (credentials are checked by the real request).
+    probe_options = {**options, "config_kwargs": copy.deepcopy(config), "asynchronous": False, "anon": True}
+    for name in ("skip_instance_cache", "loop"):
+        probe_options.pop(name, None)
+    bucket = _bucket(uri)
+    timer: threading.Timer | None = None
+    probe = None
+    try:
+        probe = type(fs)(**probe_options, skip_instance_cache=True)
+        probe.retries = retries or 1
+        probe.connect()
+        endpoint = _endpoint(probe) or "the default AWS endpoint"
+        timer = threading.Timer(
+            SLOW_CONNECT_LOG_SECONDS,
+            log.info,
+            ("connecting to S3 endpoint %s for %s (no answer yet; connect_timeout %s s)",
+             endpoint, uri, config["connect_timeout"]),
+        )
+        timer.daemon = True
+        timer.start()
+        if bucket:
+            probe.call_s3("head_bucket", Bucket=bucket)
+        else:
+            probe.call_s3("list_buckets")
+    except BotoConnectionError as exc:  # refused, DNS failure, connect timeout, proxy
+        raise storage_error(exc, uri, probe or fs) from exc
+    except OSError:
+        # s3fs turns HTTP error answers into OSErrors (PermissionError, FileNotFoundError...),
+        # and a read timeout means the endpoint accepted the connection: it is reachable.
+        pass
+    except Exception as exc:  # noqa: BLE001 - e.g. no credentials: the real request reports it
+        log.debug("%s: first-contact check inconclusive: %s", uri, exc)
+        return
+    finally:
+        if timer is not None:
+            timer.cancel()
+    fs._gfpipe_reachable = True
 
 
 def open_file(
@@ -130,6 +355,114 @@ def write_bytes(uri: str, data: bytes, storage_options: Mapping[str, Any] | None
     """Write `data` to `uri`, replacing it."""
     with open_file(uri, "wb", storage_options) as fh:
         fh.write(data)
+
+
+def ensure_writable(uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Check up front that the folder `uri` can be written, before hours of work go into it.
+
+    Local: creates the folder, writes and removes a probe file. S3 (and other stores): puts and
+    deletes a small probe object under the prefix, which also proves the bucket exists. Raises
+    the translated `StorageError` (permission, missing bucket, a path that is an existing file,
+    unreachable endpoint). The probe's name starts with '.', so readers skip it if a delete
+    fails halfway.
+    """
+    fs, path = filesystem(uri, storage_options)
+    path = path.rstrip("/")
+    probe = f"{path}/.gfpipe-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        if path and fs.isfile(path):
+            raise StorageError(
+                f"{uri}: is an existing file, not a folder; give a folder URI or move the file away"
+            )
+        if _is_local(fs):
+            fs.makedirs(path, exist_ok=True)
+        fs.pipe_file(probe, b"gfpipe write probe\n")
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translated, re-raised
+        raise storage_error(exc, uri, fs) from exc
+    try:
+        fs.rm_file(probe)
+    except Exception as exc:  # noqa: BLE001 - translated, re-raised
+        raise StorageError(
+            f"{uri}: can write but not delete (probe {to_uri(fs, probe, uri)}: {_short(str(exc))}); "
+            "gfpipe removes stale and replaced files, so it needs delete permission too"
+        ) from exc
+    with contextlib.suppress(Exception):
+        fs.invalidate_cache(path)
+
+
+def to_json_value(obj: Any) -> Any:
+    """`obj` as plain JSON-safe Python: numpy scalars/arrays (and anything with `.tolist()`,
+    such as tensors) become numbers and lists, tuples/sets lists, paths/enums/dates their text,
+    dataclasses dicts; inf/-inf become the strings "inf"/"-inf" and NaN None, so the result
+    passes `json.dumps(..., allow_nan=False)`. Anything else is a TypeError naming where it is.
+    """
+    return _to_json(obj, "value")
+
+
+def _to_json(obj: Any, _where: str) -> Any:
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return None
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return float(obj)
+    if isinstance(obj, Mapping):
+        return {_json_key(k, _where): _to_json(v, f"{_where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_json(v, f"{_where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, (set, frozenset)):
+        items = [_to_json(v, f"{_where} item") for v in obj]
+        with contextlib.suppress(TypeError):
+            items.sort()
+        return items
+    if isinstance(obj, enum.Enum):
+        return _to_json(obj.value, _where)
+    if isinstance(obj, (pathlib.PurePath,)):
+        return str(obj)
+    if isinstance(obj, (datetime.datetime, datetime.date, datetime.time)):
+        return obj.isoformat()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _to_json(dataclasses.asdict(obj), _where)
+    if isinstance(obj, (bytes, bytearray)):
+        raise TypeError(
+            f"{_where} is {len(obj)} bytes, which JSON cannot hold; store it elsewhere or encode it"
+        )
+    item = getattr(obj, "item", None)
+    if callable(item) and getattr(obj, "shape", None) == ():  # numpy/torch scalars
+        return _to_json(item(), _where)
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):  # numpy arrays, tensors (on CPU)
+        return _to_json(tolist(), _where)
+    if hasattr(obj, "__index__"):
+        return int(obj.__index__())
+    if hasattr(obj, "__float__"):
+        return _to_json(float(obj), _where)
+    raise TypeError(f"{_where} of type {type(obj).__name__} cannot be written as JSON; convert it first")
+
+
+def _json_key(key: Any, where: str) -> str:
+    if isinstance(key, str):
+        return key
+    value = _to_json(key, f"{where} key")
+    if isinstance(value, (dict, list)):
+        raise TypeError(f"{where} has a key of type {type(key).__name__}; JSON keys must be text or numbers")
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def dumps_json(obj: Any, *, indent: int | None = None, sort_keys: bool = False) -> str:
+    """Strict JSON text of `obj` after `to_json_value` (never NaN/Infinity tokens)."""
+    return json.dumps(to_json_value(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def write_json(uri: str, obj: Any, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Write `obj` to `uri` as strict, indented JSON (see `to_json_value`) through this layer."""
+    write_bytes(uri, (dumps_json(obj, indent=2) + "\n").encode("utf-8"), storage_options)
 
 
 def join_uri(base: str, *parts: str) -> str:
@@ -309,8 +642,13 @@ def storage_error(exc: BaseException, uri: str, fs: Any = None) -> StorageError:
     if name in ("NoCredentialsError", "PartialCredentialsError") or "Unable to locate credentials" in chain:
         return StoragePermissionError(
             f"{uri}: no credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or "
-            "AWS_PROFILE), pass storage_options={'key': ..., 'secret': ...}, or "
-            "storage_options={'anon': True} for a public bucket"
+            "AWS_PROFILE), or give the storage options {\"key\": ..., \"secret\": ...} "
+            "(--storage-options on the command line), or {\"anon\": true} for a public bucket"
+        )
+    if isinstance(exc, PermissionError) and fs is not None and _is_local(fs):
+        return StoragePermissionError(
+            f"{uri}: permission denied ({_short(text)}); choose a location you may write, "
+            "or fix the folder's permissions"
         )
     if isinstance(exc, PermissionError) or any(
         code in chain
@@ -326,25 +664,34 @@ def storage_error(exc: BaseException, uri: str, fs: Any = None) -> StorageError:
         detail = f"{code}: {text}" if code and code not in text else text
         return StoragePermissionError(
             f"{uri}: access denied{where} ({_short(detail)}); check the credentials "
-            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or storage_options key/secret) "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the storage options key/secret) "
             "and that they may read/write this bucket"
         )
-    if name in ("EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError") or isinstance(
+    if name in (
+        "EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ProxyConnectionError"
+    ) or isinstance(
         exc, (ConnectionError, TimeoutError)
     ):
         return StorageConnectionError(
             f"{uri}: cannot reach the storage endpoint{where or ''} ({_short(text)}); check "
-            "endpoint_url (storage_options or AWS_ENDPOINT_URL) and the network"
+            "the endpoint (--endpoint-url, storage option endpoint_url or AWS_ENDPOINT_URL) and the network"
         )
     if isinstance(exc, FileNotFoundError):
         return StorageNotFoundError(f"{uri}: not found; check the path (and the bucket/endpoint)")
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        return StorageError(
+            f"{uri}: part of this path is an existing file, not a folder ({_short(text)}); "
+            "choose another location or move the file away"
+        )
     if isinstance(exc, IsADirectoryError):
         return StorageError(f"{uri}: is a folder, not a file; give a file URI")
     return StorageError(f"{uri}: {name}: {_short(text)}")
 
 
 def _normalise_options(protocol: str | None, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    opts = dict(options or {})
+    # botocore rewrites a config_kwargs["retries"] dict in place; copies keep the caller's
+    # options (and fsspec's instance-cache token for them) unchanged between calls.
+    opts = {k: copy.deepcopy(v) if isinstance(v, (dict, list)) else v for k, v in (options or {}).items()}
     if protocol in ("s3", "s3a") and "endpoint_url" in opts:
         import inspect
 
@@ -368,6 +715,9 @@ def _endpoint(fs: Any) -> str | None:
     endpoint = getattr(fs, "endpoint_url", None) or (getattr(fs, "client_kwargs", None) or {}).get(
         "endpoint_url"
     )
+    if not endpoint:  # from AWS_ENDPOINT_URL or the AWS default: the client knows
+        client = getattr(fs, "_s3", None)
+        endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)
     return endpoint
 
 
@@ -388,28 +738,3 @@ def _bucket(uri: str) -> str:
 def _short(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def add_storage_arguments(parser: Any) -> None:
-    """`--endpoint-url` and `--storage-options`, shared by every command that touches storage."""
-    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (else AWS_ENDPOINT_URL)")
-    parser.add_argument(
-        "--storage-options",
-        default=None,
-        help='JSON object of fsspec storage options, e.g. \'{"anon": true}\'',
-    )
-
-
-def storage_options_from_args(args: Any) -> dict[str, Any] | None:
-    """The storage options that `add_storage_arguments` collected (None when none were given)."""
-    import json
-
-    try:
-        options = json.loads(args.storage_options) if args.storage_options else {}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--storage-options is not valid JSON ({exc}); e.g. '{{\"anon\": true}}'") from None
-    if not isinstance(options, dict):
-        raise ValueError("--storage-options must be a JSON object, e.g. '{\"anon\": true}'")
-    if args.endpoint_url:
-        options["endpoint_url"] = args.endpoint_url
-    return options or None

@@ -24,7 +24,15 @@ from typing import Any, BinaryIO, Iterator, Mapping
 
 from gfpipe.data.decode import DEFAULT_MAX_PIXELS
 from gfpipe.data.decode import decode as decode_image
-from gfpipe.data.io import StorageError, filesystem, list_shards, open_file, storage_error, to_uri
+from gfpipe.data.io import (
+    StorageError,
+    dumps_json,
+    filesystem,
+    list_shards,
+    open_file,
+    storage_error,
+    to_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +60,11 @@ class ReadOptions:
     class_folders: folders only; the first sub-folder under the root names the class.
     class_names: maps text labels (folder names, non-numeric `cls` members, string label
     columns) to indices, so labels match a checkpoint's class order; without it folders are
-    numbered in sorted order.
+    numbered in sorted order. A text label that is not among them leaves the record's `label`
+    None and puts the text in `unknown_label`, for the caller to refuse.
+    strict_classes: class folders only; a folder whose name is not among class_names is a
+    ValueError in `discover_shards` (listing the unknown folders and the known names) instead
+    of a warning and unlabelled images.
     parquet_batch_rows: rows decoded per Parquet batch (memory bound for big images).
     """
 
@@ -64,6 +76,7 @@ class ReadOptions:
     class_folders: bool = False
     class_names: tuple[str, ...] | None = None
     parquet_batch_rows: int = 64
+    strict_classes: bool = False
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -89,7 +102,12 @@ class Shard:
 
 @dataclasses.dataclass(frozen=True)
 class RawRecord:
-    """One image before decoding, or an error that stands for it (then `data` is None)."""
+    """One image before decoding, or an error that stands for it (then `data` is None).
+
+    `unknown_label` holds a text label that could not be mapped to an index (not a number and
+    not among `ReadOptions.class_names`); `label` is None then. Readers never raise for it:
+    callers that need labels (evaluation, training) refuse such records with the key and text.
+    """
 
     key: str
     shard: str
@@ -97,11 +115,12 @@ class RawRecord:
     label: int | None = None
     metadata: dict | None = None
     error: str | None = None
+    unknown_label: str | None = None
 
     def to_row(self) -> dict[str, Any]:
         """A flat dict for Ray Data / Arrow: metadata as a JSON string (or None)."""
         row = dataclasses.asdict(self)
-        row["metadata"] = None if self.metadata is None else json.dumps(self.metadata, sort_keys=True)
+        row["metadata"] = None if self.metadata is None else dumps_json(self.metadata, sort_keys=True)
         return row
 
     @classmethod
@@ -115,6 +134,7 @@ class RawRecord:
             label=None if row.get("label") is None else int(row["label"]),
             metadata=json.loads(meta) if isinstance(meta, str) else meta,
             error=row.get("error"),
+            unknown_label=row.get("unknown_label"),
         )
 
 
@@ -182,9 +202,20 @@ def _folder_shards(
     class_names = options.class_names or tuple(sorted({n for n in names.values() if n is not None}))
     index = {n: i for i, n in enumerate(class_names)}
     unknown = sorted({n for n in names.values() if n is not None and n not in index})
+    if unknown and options.strict_classes:
+        raise ValueError(
+            f"{uri}: {len(unknown)} class folders are not among the {len(class_names)} class names: "
+            f"{_abbrev(unknown)}; known: {_abbrev(class_names)}; rename or remove those folders, or "
+            "give class names that include them"
+        )
     if unknown:
         log.warning("%s: class folders not in class_names get no label: %s", uri, ", ".join(unknown[:10]))
     return [Shard(d, "folder", index.get(names[d]) if names[d] is not None else None) for d in folders]
+
+
+def _abbrev(names: Any, limit: int = 10) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _root_of(uri: str, storage_options: Mapping[str, Any] | None) -> str:
@@ -241,6 +272,87 @@ def _short_exc(exc: BaseException) -> str:
         return text if len(text) <= 200 else text[:197] + "..."
     text = " ".join(str(exc).split())[:120]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def count_images(
+    shard: Shard | str,
+    storage_options: Mapping[str, Any] | None = None,
+    options: ReadOptions | None = None,
+) -> int | None:
+    """How many records `iter_shard_records` yields for `shard`, when that is cheap; else None.
+
+    For progress bars, total budgets and done markers ("rows written == count"), so it counts
+    what the reader yields, error records included: Parquet from the footer (num_rows; a file
+    that is not Parquet or lacks the image/key column is 1 shard error); a local uncompressed
+    WebDataset tar by reading its headers only (one per sample key, image or not, plus 1 for a
+    truncated or corrupt tail); a folder shard by listing its image files. A remote tar is
+    counted only from the `_manifest.json` that `gfpipe synth` writes next to it, and only when
+    the manifest lists it with an MD5 equal to the store's ETag (the same bytes); otherwise it
+    is None, like a compressed tar: counting those means reading them whole. Storage failures
+    (missing file, no permission, unreachable endpoint) raise `StorageError` rather than guess.
+    """
+    options = options or ReadOptions()
+    if isinstance(shard, str):
+        shard = Shard(shard, shard_format(shard) if options.format == "auto" else options.format)
+    if shard.format == "parquet":
+        return _count_parquet(shard.uri, storage_options, options)
+    if shard.format == "wds":
+        return _count_wds(shard.uri, storage_options)
+    if shard.format == "folder":
+        return len(_folder_images(shard.uri, storage_options)[1])
+    return 1  # the reader yields one "unknown format" error record
+
+
+def _count_parquet(uri: str, storage_options: Mapping[str, Any] | None, options: ReadOptions) -> int:
+    import pyarrow.parquet as pq
+
+    with open_file(uri, "rb", storage_options) as fh:
+        try:
+            pf = pq.ParquetFile(fh)
+        except Exception:  # noqa: BLE001 - the reader yields one "not a Parquet file" record
+            return 1
+        names = pf.schema_arrow.names
+        if options.image_column not in names or (options.key_column and options.key_column not in names):
+            return 1
+        return pf.metadata.num_rows
+
+
+def _count_wds(uri: str, storage_options: Mapping[str, Any] | None) -> int | None:
+    fs, path = filesystem(uri, storage_options)
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    if "file" not in protocols:
+        return _manifest_count(fs, path, uri, storage_options)
+    with open_file(uri, "rb", storage_options) as fh:
+        if fh.read(2) == b"\x1f\x8b":
+            return None  # gzip: counting means decompressing it all
+        samples, problem = _index_tar(fh)
+    if problem and not samples:
+        return 1
+    return len(samples) + (1 if problem else 0)
+
+
+def _manifest_count(fs: Any, path: str, uri: str, storage_options: Mapping[str, Any] | None) -> int | None:
+    """The image count `gfpipe synth`'s manifest records for this tar, if it still matches."""
+    from gfpipe.data.synthetic import read_manifest
+
+    folder, name = uri.rstrip("/").rsplit("/", 1) if "/" in uri.rstrip("/") else ("", uri)
+    try:
+        manifest = read_manifest(folder, storage_options) if folder else None
+    except ValueError:
+        return None
+    if not manifest:
+        return None
+    images = (manifest.get("shard_images") or {}).get(name)
+    md5 = (manifest.get("shard_md5") or {}).get(name)
+    if not isinstance(images, int) or not isinstance(md5, str):
+        return None
+    try:
+        info = fs.info(path)
+    except Exception as exc:  # noqa: BLE001 - translated, re-raised
+        raise storage_error(exc, uri, fs) from exc
+    # A single-part upload's ETag is the MD5 of its bytes; multipart or encrypted ones are not.
+    etag = str(info.get("ETag") or info.get("etag") or "").strip('"').lower()
+    return images if etag == md5.lower() else None
 
 
 # --- WebDataset -------------------------------------------------------------------------
@@ -328,23 +440,26 @@ def _wds_record(
     record_key = f"{shard.uri}#{key}"
     image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in parts), None)
     metadata = None
-    label = None
+    label, unknown = None, None
     if "json" in parts:
         try:
             metadata = json.loads(_member_bytes(fh, parts["json"]))
         except ValueError:
             log.debug("%s: unreadable json member", record_key)
         if isinstance(metadata, dict):
-            label = _label_value(metadata.get("label"), options)
+            label, unknown = _label_value(metadata.get("label"), options)
     for ext in LABEL_EXTENSIONS:
         if ext in parts:
-            label = _label_value(_member_bytes(fh, parts[ext]).decode("utf-8", "replace").strip(), options)
+            text = _member_bytes(fh, parts[ext]).decode("utf-8", "replace").strip()
+            label, unknown = _label_value(text, options)
             break
     if image_ext is None:
         has = ", ".join(sorted(parts))
-        return RawRecord(record_key, shard.uri, None, label, metadata, f"no image member (has: {has})")
+        return RawRecord(
+            record_key, shard.uri, None, label, metadata, f"no image member (has: {has})", unknown
+        )
     data = _member_bytes(fh, parts[image_ext])
-    return RawRecord(record_key, shard.uri, data, label, metadata)
+    return RawRecord(record_key, shard.uri, data, label, metadata, None, unknown)
 
 
 def _member_bytes(fh: BinaryIO, member: tarfile.TarInfo) -> bytes:
@@ -394,7 +509,9 @@ def _iter_parquet(
 def _parquet_record(shard: Shard, row: int, values: dict[str, Any], options: ReadOptions) -> RawRecord:
     key_value = values.get(options.key_column) if options.key_column else None
     key = str(key_value) if key_value is not None else f"{shard.uri}#{row}"
-    label = _label_value(values.get(options.label_column), options) if options.label_column else None
+    label, unknown = (
+        _label_value(values.get(options.label_column), options) if options.label_column else (None, None)
+    )
     metadata = None
     if options.metadata_column and values.get(options.metadata_column) is not None:
         raw = values[options.metadata_column]
@@ -402,18 +519,17 @@ def _parquet_record(shard: Shard, row: int, values: dict[str, Any], options: Rea
             metadata = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
         except ValueError:
             log.debug("%s: unreadable metadata", key)
-    if isinstance(metadata, dict) and label is None:
-        label = _label_value(metadata.get("label"), options)
+    if isinstance(metadata, dict) and label is None and unknown is None:
+        label, unknown = _label_value(metadata.get("label"), options)
     data = values[options.image_column]
     if isinstance(data, dict):  # Hugging Face style {"bytes": ..., "path": ...}
         data = data.get("bytes")
     if data is None:
-        return RawRecord(key, shard.uri, None, label, metadata, "no image bytes (null)")
+        return RawRecord(key, shard.uri, None, label, metadata, "no image bytes (null)", unknown)
     if not isinstance(data, (bytes, bytearray)):
-        return RawRecord(
-            key, shard.uri, None, label, metadata, f"image column holds {type(data).__name__}, not bytes"
-        )
-    return RawRecord(key, shard.uri, bytes(data), label, metadata)
+        error = f"image column holds {type(data).__name__}, not bytes"
+        return RawRecord(key, shard.uri, None, label, metadata, error, unknown)
+    return RawRecord(key, shard.uri, bytes(data), label, metadata, None, unknown)
 
 
 # --- Folders ----------------------------------------------------------------------------
@@ -423,18 +539,7 @@ def _iter_folder(
     shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions
 ) -> Iterator[RawRecord]:
     """The image files directly in one folder (or one image file), in name order."""
-    fs, path = filesystem(shard.uri, storage_options)
-    try:
-        entries = fs.ls(path.rstrip("/"), detail=True)
-    except Exception as exc:  # noqa: BLE001
-        raise storage_error(exc, shard.uri, fs) from exc
-    names = sorted(
-        e["name"]
-        for e in entries
-        if e.get("type") == "file"
-        and is_image_name(e["name"])
-        and not posixpath.basename(e["name"]).startswith((".", "_"))
-    )
+    fs, names = _folder_images(shard.uri, storage_options)
     for name in names:
         uri = to_uri(fs, name, shard.uri)
         try:
@@ -452,25 +557,45 @@ def _iter_folder(
         yield RawRecord(uri, shard.uri, data, shard.label)
 
 
-def _label_value(value: Any, options: ReadOptions) -> int | None:
-    """An int label from an int, a numeric string or a class name; negative means unlabelled."""
+def _folder_images(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, list[str]]:
+    """The filesystem and the sorted image paths a folder shard reads (hidden names skipped)."""
+    fs, path = filesystem(uri, storage_options)
+    try:
+        entries = fs.ls(path.rstrip("/"), detail=True)
+    except Exception as exc:  # noqa: BLE001
+        raise storage_error(exc, uri, fs) from exc
+    names = sorted(
+        e["name"]
+        for e in entries
+        if e.get("type") == "file"
+        and is_image_name(e["name"])
+        and not posixpath.basename(e["name"]).startswith((".", "_"))
+    )
+    return fs, names
+
+
+def _label_value(value: Any, options: ReadOptions) -> tuple[int | None, str | None]:
+    """(label, unknown text): an int label from an int, a numeric string or a class name
+    (negative or empty means unlabelled); a text that is neither comes back as unknown."""
     if value is None or isinstance(value, bool):
-        return None
+        return None, None
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if isinstance(value, str):
         text = value.strip()
+        if not text:
+            return None, None
         if options.class_names and text in options.class_names:
-            return options.class_names.index(text)
+            return options.class_names.index(text), None
         try:
             value = int(text)
         except ValueError:
-            return None
+            return None, text
     try:
         label = int(value)
     except (TypeError, ValueError):
-        return None
-    return label if label >= 0 else None
+        return None, None
+    return (label if label >= 0 else None), None
 
 
 # --- Decoding and the plain-Python entry point --------------------------------------------
@@ -483,7 +608,7 @@ def decode_record(
     draft_size: int | None = None,
 ) -> dict[str, Any]:
     """A raw record decoded: key, shard, image (H, W, 3 uint8 or None), label, error, width,
-    height, metadata. Never raises."""
+    height, metadata, unknown_label (see `RawRecord`). Never raises."""
     image, error, size = (None, record.error, None)
     if record.error is None:
         image, error, size = decode_image(record.data, max_pixels=max_pixels, draft_size=draft_size)
@@ -496,6 +621,7 @@ def decode_record(
         "width": size[0] if size else None,
         "height": size[1] if size else None,
         "metadata": record.metadata,
+        "unknown_label": record.unknown_label,
     }
 
 

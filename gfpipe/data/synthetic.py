@@ -9,17 +9,19 @@ this task keeps the glance/focus trade-off real and measurable.
 
 Image `i` of split `s` with seed `k` depends only on (k, s, i) and the knobs: it is the same
 however the split is generated or sharded. `gfpipe synth` writes WebDataset and/or Parquet
-shards plus a class-name file, locally or to any fsspec URI.
+shards plus a class-name file, locally or to any fsspec URI (`write_dataset`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import logging
+import posixpath
+import re
 import tarfile
 import time
 import zlib
@@ -31,17 +33,28 @@ from PIL import Image, ImageDraw, ImageFont
 from gfpipe.config import Preprocessing
 from gfpipe.data.io import (
     StorageError,
-    add_storage_arguments,
+    dumps_json,
+    ensure_writable,
+    filesystem,
     join_uri,
     open_file,
-    storage_options_from_args,
+    read_bytes,
+    storage_error,
+    to_uri,
     write_bytes,
+    write_json,
 )
+from gfpipe.data.labels import CLASSES_FILE, parse_class_names
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 FORMATS = ("wds", "parquet")
+MAX_IMAGE_SIZE = 4096
+"""Largest canvas side: one 4096 px float32 canvas is 200 MB; larger is a typo, not a benchmark."""
+MANIFEST = "_manifest.json"
+GENERATOR = "gfpipe cluttered glyphs"
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _GENERATOR_VERSION = 1
 _TARGET_MARGIN = 2  # px kept free around the target so clutter never touches it
@@ -72,8 +85,10 @@ class SynthConfig:
     jpeg_quality: int = 92
 
     def __post_init__(self) -> None:
-        if self.image_size < 32:
-            raise ValueError(f"image_size must be >= 32, got {self.image_size}")
+        if not 32 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ValueError(
+                f"image_size must be between 32 and {MAX_IMAGE_SIZE} pixels, got {self.image_size}"
+            )
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes needs >= 2 distinct characters, got {self.classes!r}")
         if not 0.0 <= self.small_share <= 1.0:
@@ -306,22 +321,46 @@ def write_dataset(
     formats: Sequence[str] = ("wds",),
     shard_size: int = 500,
     storage_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write `count` images of `split` under `out`; returns the manifest (also written).
 
     Layout: OUT/classes.txt (line i = class i), OUT/SPLIT/shard-NNNNNN.tar and/or
-    .parquet (images i*shard_size ..), OUT/SPLIT/_manifest.json (knobs, counts, shards).
+    .parquet (images i*shard_size ..), OUT/SPLIT/_manifest.json (knobs, counts, shards). The
+    manifest names shards relative to its own folder, so a copied dataset stays valid, and
+    records each shard's image count and MD5 (`shard_images`, `shard_md5`: what
+    `gfpipe.data.shards.count_images` trusts for a remote tar whose ETag matches).
+
+    A split folder that holds anything (any file, not only gfpipe's) is refused unless
+    `overwrite`, which removes its contents first: leftover shards from a bigger earlier run
+    would otherwise be read along with the new ones. `overwrite` replaces the split only:
+    OUT/classes.txt is shared by all splits, so one that lists other classes is always refused
+    (the other splits' labels index it); use another OUT or remove that file yourself.
+    Arguments are checked and OUT is probed for writing before anything is generated.
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(
             f"format must be one or more of {', '.join(FORMATS)}, got {', '.join(formats) or 'none'}"
         )
-    if count < 0 or shard_size < 1:
-        raise ValueError(f"need count >= 0 and shard_size >= 1, got {count} and {shard_size}")
-    started = time.perf_counter()
+    if count < 1 or shard_size < 1:
+        raise ValueError(
+            f"need count >= 1 and shard_size >= 1, got count {count} and shard_size {shard_size}"
+        )
+    if not _SPLIT_NAME.match(split):
+        raise ValueError(
+            f"split {split!r} must be a plain folder name (letters, digits, '.', '_', '-', not "
+            "starting with '.' or '_', which readers skip), e.g. 'test'"
+        )
     split_dir = join_uri(out, split)
+    ensure_writable(out, storage_options)
+    _check_classes_file(out, config, storage_options)
+    _clear_split(split_dir, overwrite, storage_options)
+
+    started = time.perf_counter()
     shards: list[str] = []
+    shard_images: dict[str, int] = {}
+    shard_md5: dict[str, str] = {}
     small = 0
     labels = [0] * len(config.classes)
     for shard_index, first in enumerate(range(0, count, shard_size)):
@@ -331,14 +370,21 @@ def write_dataset(
         for s in samples:
             labels[s.label] += 1
         name = f"shard-{shard_index:06d}"
+        written = []
         if "wds" in formats:
-            shards.append(_write_tar(join_uri(split_dir, name + ".tar"), rows, config, storage_options))
+            uri = join_uri(split_dir, name + ".tar")
+            written.append((name + ".tar", _write_tar(uri, rows, config, storage_options)))
         if "parquet" in formats:
-            shards.append(_write_parquet(join_uri(split_dir, name + ".parquet"), rows, storage_options))
+            uri = join_uri(split_dir, name + ".parquet")
+            written.append((name + ".parquet", _write_parquet(uri, rows, storage_options)))
+        for file_name, digest in written:
+            shards.append(file_name)
+            shard_images[file_name] = len(rows)
+            shard_md5[file_name] = digest
         log.info("wrote %s (%d images)", join_uri(split_dir, name), len(rows))
-    write_bytes(join_uri(out, "classes.txt"), ("\n".join(config.classes) + "\n").encode(), storage_options)
+    write_bytes(join_uri(out, CLASSES_FILE), ("\n".join(config.classes) + "\n").encode(), storage_options)
     manifest = {
-        "generator": "gfpipe cluttered glyphs",
+        "generator": GENERATOR,
         "generator_version": _GENERATOR_VERSION,
         "split": split,
         "count": count,
@@ -349,36 +395,148 @@ def write_dataset(
         "label_counts": labels,
         "classes": list(config.classes),
         "shards": shards,
+        "shard_images": shard_images,
+        "shard_md5": shard_md5,
         "seconds": round(time.perf_counter() - started, 3),
     }
-    write_bytes(
-        join_uri(split_dir, "_manifest.json"), json.dumps(manifest, indent=2).encode(), storage_options
-    )
+    write_json(join_uri(split_dir, MANIFEST), manifest, storage_options)
     return manifest
 
 
+def read_manifest(split_dir: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The manifest of a split written by `write_dataset`, with `shards` resolved to URIs in
+    `split_dir`'s style (the file stores them relative to its folder); None when there is none."""
+    uri = join_uri(split_dir, MANIFEST)
+    try:
+        manifest = json.loads(read_bytes(uri, storage_options))
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise ValueError(
+            f"{uri}: not a readable manifest ({exc}); rewrite the split with gfpipe synth --overwrite"
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("generator") != GENERATOR:
+        return None
+    manifest["shards"] = [resolve_shard(split_dir, s) for s in manifest.get("shards", [])]
+    return manifest
+
+
+def resolve_shard(split_dir: str, name: str) -> str:
+    """A manifest's shard entry as a URI: relative names hang from the manifest's folder (old
+    manifests held absolute paths or URIs, which are kept)."""
+    if "://" in name or name.startswith("/"):
+        return name
+    return join_uri(split_dir, name)
+
+
+def _check_classes_file(out: str, config: SynthConfig, storage_options: Mapping[str, Any] | None) -> None:
+    uri = join_uri(out, CLASSES_FILE)
+    try:
+        existing = list(parse_class_names(read_bytes(uri, storage_options).decode("utf-8-sig"), uri))
+    except FileNotFoundError:
+        return
+    if existing != list(config.classes):
+        raise ValueError(
+            f"{uri} lists {_classes_text(existing)} but this split uses "
+            f"{_classes_text(list(config.classes))}; the splits of one dataset share that file, so "
+            "write to another --out, use the same --classes, or remove it and the other splits first"
+        )
+
+
+def _classes_text(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    return f"{len(names)} classes ({shown})"
+
+
+def _clear_split(split_dir: str, overwrite: bool, storage_options: Mapping[str, Any] | None) -> None:
+    """Refuse a split folder that holds anything, or empty it first when `overwrite`."""
+    fs, path = filesystem(split_dir, storage_options)
+    path = path.rstrip("/")
+    try:
+        fs.invalidate_cache()
+        if fs.isfile(path):
+            raise StorageError(
+                f"{split_dir} is an existing file, not a folder; move it away or choose another --out"
+            )
+        found = fs.find(path) if fs.isdir(path) else []
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - translated, re-raised
+        raise storage_error(exc, split_dir, fs) from exc
+    if not found:
+        return
+    if not overwrite:
+        names = ", ".join(posixpath.relpath(f, path) for f in sorted(found)[:3])
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise FileExistsError(
+            f"{split_dir} already holds {len(found)} files ({names}{more}); pass overwrite=True "
+            "(gfpipe synth --overwrite) to replace this split, or choose another --out"
+        )
+    log.info("removing %d files under %s (overwrite)", len(found), split_dir)
+    try:
+        fs.rm(path, recursive=True)
+        fs.invalidate_cache()
+    except Exception as exc:  # noqa: BLE001 - translated, re-raised
+        raise storage_error(exc, split_dir, fs) from exc
+    left = fs.find(path) if fs.isdir(path) else []
+    if left:
+        raise StorageError(
+            f"{split_dir}: {len(left)} files are still there after removing it (e.g. "
+            f"{to_uri(fs, left[0], split_dir)}); remove them by hand and run again"
+        )
+
+
+class _Hashing:
+    """A write-only file wrapper that keeps the MD5 of what went through it."""
+
+    closed = False
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self._md5 = hashlib.md5()
+        self._size = 0
+
+    def write(self, data: bytes) -> int:
+        self._md5.update(data)
+        self._size += len(data)
+        self._fh.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._size
+
+    def flush(self) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest()
+
+
 def _write_tar(uri: str, rows: list, config: SynthConfig, storage_options: Mapping[str, Any] | None) -> str:
-    """A WebDataset shard with KEY.jpg|png, KEY.cls, KEY.json per image; byte-identical per seed."""
+    """A WebDataset shard with KEY.jpg|png, KEY.cls, KEY.json per image; byte-identical per seed.
+    Returns its MD5 (hex)."""
     ext = config.image_format
     with open_file(uri, "wb", storage_options) as fh:
-        with tarfile.open(fileobj=fh, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        out = _Hashing(fh)
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
             for sample, data, meta in rows:
                 key = f"{sample.split}-{sample.index:08d}"
                 for member, payload in (
                     (f"{key}.{ext}", data),
                     (f"{key}.cls", str(sample.label).encode()),
-                    (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+                    (f"{key}.json", dumps_json(meta, sort_keys=True).encode()),
                 ):
                     info = tarfile.TarInfo(member)
                     info.size = len(payload)
                     info.mode = 0o644
                     info.mtime = 0
                     tar.addfile(info, io.BytesIO(payload))
-    return uri
+    return out.hexdigest()
 
 
 def _write_parquet(uri: str, rows: list, storage_options: Mapping[str, Any] | None) -> str:
-    """Columns key, image (bytes), label, json (metadata), in row groups of 64 for streaming."""
+    """Columns key, image (bytes), label, json (metadata), in row groups of 64 for streaming.
+    Returns its MD5 (hex)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -387,74 +545,10 @@ def _write_parquet(uri: str, rows: list, storage_options: Mapping[str, Any] | No
             "key": pa.array([f"{s.split}-{s.index:08d}" for s, _, _ in rows], pa.string()),
             "image": pa.array([d for _, d, _ in rows], pa.binary()),
             "label": pa.array([s.label for s, _, _ in rows], pa.int32()),
-            "json": pa.array([json.dumps(m, sort_keys=True) for _, _, m in rows], pa.string()),
+            "json": pa.array([dumps_json(m, sort_keys=True) for _, _, m in rows], pa.string()),
         }
     )
     with open_file(uri, "wb", storage_options) as fh:
-        pq.write_table(table, fh, row_group_size=64, compression="none")
-    return uri
-
-
-# --- command line --------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`gfpipe synth` options."""
-    defaults = SynthConfig()
-    parser.add_argument("--out", required=True, help="output folder URI (local path, file://, s3://...)")
-    parser.add_argument("--split", default="test", choices=SPLITS, help="which split (own seed stream)")
-    parser.add_argument("--count", type=int, default=256, help="number of images")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="dataset seed")
-    parser.add_argument(
-        "--format", default="wds", help="wds, parquet, or both as 'wds,parquet' (same shard names)"
-    )
-    parser.add_argument("--shard-size", type=int, default=500, help="images per shard")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="canvas side in pixels")
-    parser.add_argument(
-        "--small-share", type=float, default=defaults.small_share, help="share of small targets"
-    )
-    parser.add_argument("--clutter", type=float, default=defaults.clutter, help="clutter density (0 = none)")
-    parser.add_argument(
-        "--shift", type=float, default=defaults.shift, help="-1..1: easier (<0) or harder (>0) mix"
-    )
-    parser.add_argument("--classes", default=defaults.classes, help="one character per class")
-    parser.add_argument("--image-format", default=defaults.image_format, choices=("jpg", "png"))
-    add_storage_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Write the requested split; prints where and how much."""
-    try:
-        options = storage_options_from_args(args)
-        config = SynthConfig(
-            image_size=args.image_size,
-            classes=args.classes,
-            small_share=args.small_share,
-            clutter=args.clutter,
-            shift=args.shift,
-            seed=args.seed,
-            image_format=args.image_format,
-        )
-        formats = [f.strip() for f in args.format.split(",") if f.strip()]
-        manifest = write_dataset(
-            args.out,
-            args.split,
-            args.count,
-            config,
-            formats=formats,
-            shard_size=args.shard_size,
-            storage_options=options,
-        )
-    except (StorageError, ValueError) as exc:
-        log.error("%s", exc)
-        return 2
-    log.info(
-        "wrote %d %s images (%d small targets) in %d files under %s in %.1f s",
-        manifest["count"],
-        args.split,
-        manifest["small_targets"],
-        len(manifest["shards"]),
-        join_uri(args.out, args.split),
-        manifest["seconds"],
-    )
-    return 0
+        out = _Hashing(fh)
+        pq.write_table(table, out, row_group_size=64, compression="none")
+    return out.hexdigest()

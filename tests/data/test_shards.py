@@ -21,6 +21,7 @@ from gfpipe.data.shards import (
     RawRecord,
     ReadOptions,
     Shard,
+    count_images,
     decode_record,
     discover_shards,
     iter_shard_records,
@@ -310,3 +311,133 @@ def test_decode_record_draft_and_limits(tmp_path):
         3,
     )  # 1/8 scale, shorter side >= 100
     assert decode_record(record, max_pixels=1000)["error"].startswith("too large")
+
+
+# --- count_images: cheap counts that match what the reader yields --------------------------
+
+
+def _records(uri, options=None):
+    return len(list(iter_shard_records(uri, options=options)))
+
+
+def test_count_tar_by_headers_matches_the_reader_with_members_out_of_order(tmp_path):
+    shard = tmp_path / "s.tar"
+    write_tar(
+        shard,
+        [
+            ("a.png", image_bytes(1)),
+            ("b.png", image_bytes(2)),
+            ("a.cls", b"3"),
+            ("c.json", b"{}"),  # a sample without an image: the reader yields an error record for it
+            ("b.json", b"{}"),
+            ("a.json", b"{}"),
+            ("dir/d.jpg", image_bytes(4, "JPEG")),
+            ("c.cls", b"1"),
+            ("noext", b"x"),  # not key.extension: skipped by the reader
+        ],
+    )
+    assert count_images(str(shard)) == _records(str(shard)) == 4
+    assert count_images(Shard(f"file://{shard}", "wds")) == 4
+
+
+def test_count_truncated_and_broken_tars_like_the_reader(tmp_path):
+    shard = tmp_path / "s.tar"
+    rng = np.random.default_rng(1)
+    members = []
+    for i in range(4):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(buf, format="PNG")
+        members += [(f"k{i}.png", buf.getvalue()), (f"k{i}.cls", b"1")]
+    write_tar(shard, members)
+    data = shard.read_bytes()
+    shard.write_bytes(data[: int(len(data) * 0.6)])
+    expected = _records(str(shard))
+    assert 2 <= expected <= 4 and count_images(str(shard)) == expected  # complete samples + 1 error
+    (tmp_path / "junk.tar").write_bytes(b"not a tar" * 200)
+    assert count_images(str(tmp_path / "junk.tar")) == _records(str(tmp_path / "junk.tar")) == 1
+    plain = tmp_path / "p.tar"
+    write_tar(plain, [("a.png", image_bytes(1))])
+    (tmp_path / "z.tar.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    assert count_images(str(tmp_path / "z.tar.gz")) is None  # would mean decompressing it
+
+
+def test_count_parquet_from_the_footer_including_rows_without_images(tmp_path):
+    shard = tmp_path / "p.parquet"
+    write_parquet(shard, {"image": [image_bytes(1), None, image_bytes(3)] * 50, "label": [1, 2, 3] * 50},
+                  row_group_size=16)
+    assert count_images(str(shard)) == _records(str(shard)) == 150
+    options = ReadOptions(image_column="pixels")
+    assert count_images(str(shard), options=options) == _records(str(shard), options) == 1
+    options = ReadOptions(key_column="id")
+    assert count_images(str(shard), options=options) == _records(str(shard), options) == 1
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 nope")
+    assert count_images(str(tmp_path / "bad.parquet")) == _records(str(tmp_path / "bad.parquet")) == 1
+
+
+def test_count_folder_shards_by_listing(tmp_path):
+    _image_tree(tmp_path)
+    for shard in discover_shards(str(tmp_path), options=ReadOptions(class_folders=True)):
+        assert count_images(shard) == _records(shard)
+    assert count_images(Shard(f"{tmp_path}/dog", "folder")) == 3  # 2 images + broken.jpg
+    assert count_images(Shard(f"{tmp_path}/cat/0.png", "folder")) == 1
+
+
+def test_count_missing_shard_raises_instead_of_guessing(tmp_path):
+    with pytest.raises(StorageError, match="gone.tar"):
+        count_images(str(tmp_path / "gone.tar"))
+
+
+# --- labels that do not fit: unknown text labels, unknown class folders --------------------
+
+
+def test_unknown_text_labels_are_kept_for_the_caller(tmp_path):
+    shard = tmp_path / "s.tar"
+    write_tar(
+        shard,
+        [
+            ("a.png", image_bytes(5)), ("a.cls", b"cat\n"),
+            ("b.png", image_bytes(5)), ("b.cls", b"owl"),
+            ("c.png", image_bytes(5)), ("c.json", json.dumps({"label": "emu"}).encode()),
+            ("d.png", image_bytes(5)), ("d.json", json.dumps({"label": "emu"}).encode()), ("d.cls", b"dog"),
+            ("e.png", image_bytes(5)), ("e.cls", b"-1"),
+        ],
+    )
+    records = list(iter_shard_records(str(shard), options=ReadOptions(class_names=("dog", "cat"))))
+    assert [(r.label, r.unknown_label) for r in records] == [
+        (1, None), (None, "owl"), (None, "emu"), (0, None), (None, None)
+    ]
+    (plain,) = [r for r in iter_shard_records(str(shard)) if r.key.endswith("#a")]
+    assert (plain.label, plain.unknown_label) == (None, "cat")  # no class names: still visible
+    row = decode_record(records[1])
+    assert row["unknown_label"] == "owl" and row["label"] is None and row["error"] is None
+    assert RawRecord.from_row(records[1].to_row()) == records[1]
+
+
+def test_unknown_text_labels_in_parquet_columns_and_metadata(tmp_path):
+    shard = tmp_path / "p.parquet"
+    write_parquet(
+        shard,
+        {
+            "image": [image_bytes(1)] * 4,
+            "y": ["cat", "owl", None, "dog"],
+            "json": [None, None, json.dumps({"label": "emu"}), json.dumps({"label": "cat"})],
+        },
+    )
+    opts = ReadOptions(label_column="y", class_names=("dog", "cat"))
+    records = list(iter_shard_records(str(shard), options=opts))
+    assert [(r.label, r.unknown_label) for r in records] == [(1, None), (None, "owl"), (None, "emu"), (0, None)]
+
+
+def test_strict_classes_refuses_unknown_class_folders(tmp_path):
+    _image_tree(tmp_path)
+    (tmp_path / "eel").mkdir()
+    (tmp_path / "eel" / "0.png").write_bytes(image_bytes(3))
+    lenient = discover_shards(str(tmp_path), options=ReadOptions(class_folders=True, class_names=("dog", "cat")))
+    assert [s.label for s in lenient] == [1, 0, None]  # only a warning without strict_classes
+    strict = ReadOptions(class_folders=True, class_names=("dog", "cat"), strict_classes=True)
+    with pytest.raises(ValueError, match=r"1 class folders are not among the 2 class names: eel; known: dog, cat"):
+        discover_shards(str(tmp_path), options=strict)
+    with pytest.raises(ValueError, match="eel"):
+        list(read_images(str(tmp_path), options=strict))
+    ok = ReadOptions(class_folders=True, class_names=("dog", "cat", "eel"), strict_classes=True)
+    assert [s.label for s in discover_shards(str(tmp_path), options=ok)] == [1, 0, 2]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +12,16 @@ import pytest
 from gfpipe import cli
 from gfpipe.config import Preprocessing
 from gfpipe.data import read_images
+from gfpipe.data.shards import count_images
 from gfpipe.data.synthetic import (
+    MAX_IMAGE_SIZE,
     SYNTH_PREPROCESSING,
     SynthConfig,
-    add_arguments,
     encode_image,
     generate,
     generate_sample,
     oracle_crop,
-    run,
+    read_manifest,
     synthetic_preprocessing,
     write_dataset,
 )
@@ -84,6 +85,7 @@ def test_clutter_knob_and_custom_classes():
         {"clutter": -1.0},
         {"classes": "A"},
         {"image_size": 8},
+        {"image_size": MAX_IMAGE_SIZE + 1},
         {"image_format": "gif"},
     ],
 )
@@ -167,8 +169,120 @@ def test_cli_synth_writes_and_reports(tmp_path):
     assert [Path(s).name for s in manifest["shards"]] == ["shard-000000.parquet"]
 
 
-def test_cli_bad_format_is_an_error_code(tmp_path):
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--out", str(tmp_path), "--format", "zip", "--count", "1"])
-    assert run(args) == 2
+def test_cli_bad_format_is_a_one_line_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["synth", "--out", str(tmp_path), "--format", "zip", "--count", "1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'zip'" in err and "wds" in err
+    assert not (tmp_path / "test").exists()
+
+
+def test_cli_huge_image_size_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["synth", "--out", str(tmp_path / "ds"), "--image-size", "100000", "--count", "1"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "100000" in err and str(MAX_IMAGE_SIZE) in err and err.count("\n") == 1
+    assert not (tmp_path / "ds").exists()
+
+
+def test_cli_second_write_needs_overwrite_and_then_replaces_the_split(tmp_path, capsys):
+    out = tmp_path / "ds"
+    base = ["synth", "--out", str(out), "--split", "test", "--image-size", "48", "--shard-size", "4"]
+    assert cli.main([*base, "--count", "10", "--seed", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main([*base, "--count", "3", "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out}/test already holds 4 files" in err and "--overwrite" in err
+    assert len(list(read_images(str(out / "test")))) == 10  # untouched
+    assert cli.main([*base, "--count", "3", "--seed", "2", "--overwrite"]) == 0
+    rows = list(read_images(str(out / "test")))
+    assert len(rows) == 3 and {r["metadata"]["seed"] for r in rows} == {2}
+
+
+# --- write_dataset: refusing, replacing, validating -----------------------------------------
+
+
+def test_write_dataset_refuses_a_non_empty_split_even_of_foreign_files(tmp_path):
+    config = SynthConfig(image_size=48, seed=1)
+    write_dataset(str(tmp_path), "test", 10, config, shard_size=4)
+    (tmp_path / "test" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"test already holds 5 files .*overwrite=True"):
+        write_dataset(str(tmp_path), "test", 3, SynthConfig(image_size=48, seed=2), shard_size=4)
+    assert len(list(read_images(str(tmp_path / "test")))) == 10
+    other = tmp_path / "other"
+    (other / "val").mkdir(parents=True)
+    (other / "val" / "x.bin").write_bytes(b"not ours")
+    with pytest.raises(FileExistsError, match=r"val already holds 1 files \(x.bin\)"):
+        write_dataset(str(other), "val", 1, config)
+
+
+def test_overwrite_removes_everything_that_was_in_the_split_first(tmp_path):
+    write_dataset(str(tmp_path), "test", 10, SynthConfig(image_size=48, seed=1), shard_size=4,
+                  formats=("wds", "parquet"))
+    (tmp_path / "test" / "notes.txt").write_text("mine")
+    (tmp_path / "val").mkdir()
+    (tmp_path / "val" / "keep.bin").write_bytes(b"other split")
+    manifest = write_dataset(str(tmp_path), "test", 3, SynthConfig(image_size=48, seed=2), shard_size=4,
+                             overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "test").iterdir()) == ["_manifest.json", "shard-000000.tar"]
+    assert manifest["count"] == len(list(read_images(str(tmp_path / "test")))) == 3
+    assert (tmp_path / "val" / "keep.bin").exists()  # only the split is replaced
+
+
+def test_classes_file_conflict_is_refused_even_with_overwrite(tmp_path):
+    write_dataset(str(tmp_path), "test", 2, SynthConfig(image_size=48))
+    for overwrite in (False, True):
+        with pytest.raises(
+            ValueError, match=r"classes.txt lists 10 classes \(0, 1, .*but this split uses 2 classes \(A, B\)"
+        ):
+            write_dataset(str(tmp_path), "val", 2, SynthConfig(image_size=48, classes="AB"),
+                          overwrite=overwrite)
+    assert not (tmp_path / "val").exists()
+    write_dataset(str(tmp_path), "val", 2, SynthConfig(image_size=48))  # same classes: fine
+
+
+@pytest.mark.parametrize(
+    "count, shard_size, split, match",
+    [
+        (0, 4, "test", "count >= 1"),
+        (-5, 4, "test", "count >= 1"),
+        (3, 0, "test", "shard_size >= 1"),
+        (3, 4, "_tmp", "plain folder name"),
+        (3, 4, "a/b", "plain folder name"),
+        (3, 4, "", "plain folder name"),
+    ],
+)
+def test_write_dataset_checks_arguments_before_writing(tmp_path, count, shard_size, split, match):
+    with pytest.raises(ValueError, match=match):
+        write_dataset(str(tmp_path / "ds"), split, count, SynthConfig(image_size=48), shard_size=shard_size)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_image_size_limit_is_checked_before_any_allocation():
+    with pytest.raises(ValueError, match=f"between 32 and {MAX_IMAGE_SIZE} pixels, got 100000"):
+        SynthConfig(image_size=100_000)
+    assert SynthConfig(image_size=MAX_IMAGE_SIZE).image_size == MAX_IMAGE_SIZE
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "ds").write_text("x")
+    with pytest.raises(OSError, match="existing file"):
+        write_dataset(str(tmp_path / "ds"), "test", 1, SynthConfig(image_size=48))
+
+
+def test_manifest_names_shards_relative_to_itself_so_copies_work(tmp_path):
+    write_dataset(str(tmp_path / "a"), "test", 5, SynthConfig(image_size=48), shard_size=2,
+                  formats=("wds", "parquet"))
+    raw = json.loads((tmp_path / "a" / "test" / "_manifest.json").read_text())
+    assert raw["shards"][:2] == ["shard-000000.tar", "shard-000000.parquet"]
+    assert all("/" not in s for s in raw["shards"]) and len(raw["shard_md5"]) == 6
+    assert raw["shard_images"]["shard-000002.tar"] == 1
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")
+    manifest = read_manifest(str(tmp_path / "b" / "test"))
+    assert manifest["shards"][0] == f"{tmp_path}/b/test/shard-000000.tar"
+    assert all(Path(s).exists() for s in manifest["shards"])
+    assert sum(count_images(s) for s in manifest["shards"] if s.endswith(".tar")) == 5
+    assert read_manifest(str(tmp_path / "nothing")) is None
