@@ -10,17 +10,20 @@ from gfpipe.budget.control import (
 from gfpipe.budget.grammar import (
     Budget,
     ResolvedBudget,
-    add_budget_arguments,
     format_amount,
     format_duration,
     parse_budget,
 )
+from gfpipe.budget.scores import confidence_from_score, exit_scores, scores_from_confidences
 from gfpipe.budget.solver import (
     SimulationResult,
+    ThresholdSolution,
     exit_fractions,
     exit_steps,
     simulate,
+    solve_thresholds,
     thresholds,
+    thresholds_msdnet,
     thresholds_reference,
 )
 
@@ -31,15 +34,20 @@ __all__ = [
     "ObservationBuffer",
     "ResolvedBudget",
     "SimulationResult",
-    "add_budget_arguments",
+    "ThresholdSolution",
+    "confidence_from_score",
+    "exit_scores",
     "exit_fractions",
     "exit_steps",
     "format_amount",
     "format_duration",
     "is_shadow",
     "parse_budget",
+    "scores_from_confidences",
     "shadow_draw",
     "simulate",
+    "solve_thresholds",
     "thresholds",
+    "thresholds_msdnet",
     "thresholds_reference",
 ]

@@ -11,7 +11,6 @@ policy that picks step s's patch runs only for images that take step s.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import time
@@ -138,37 +137,3 @@ def format_macs(value: float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.4g}{suffix}"
     return f"{value:.4g}"
-
-
-# ---------------------------------------------------------------------------------------------
-# `gfpipe costs`
-# ---------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="gfpipe or official GFNet checkpoint (path or URI)")
-    src.add_argument("--arch", help="backbone name, e.g. resnet50, mobilenetv3_large_100, tiny")
-    parser.add_argument("--patch-size", type=int, default=96)
-    parser.add_argument("--T", type=int, default=5)
-    parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=1000)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.checkpoint:
-        from gfpipe.checkpoint import load_checkpoint
-
-        config = load_checkpoint(args.checkpoint).config
-    else:
-        config = GFNetConfig(
-            backbone=args.arch, num_classes=args.num_classes, input_size=args.input_size,
-            patch_size=args.patch_size, T=args.T,
-        ).resolved()
-    parts = part_costs(config)
-    print(f"{config.backbone}  input {config.input_size}  patch {config.patch_size}  T {config.T}")
-    print(f"  glance encoder {format_macs(parts.glance_encoder)}  local encoder "
-          f"{format_macs(parts.local_encoder)}  policy {format_macs(parts.policy)}")
-    for t, c in enumerate(parts.cumulative(), 1):
-        print(f"  exit after step {t}: {format_macs(c)} MACs")
-    return 0

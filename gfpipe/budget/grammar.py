@@ -15,7 +15,6 @@ error that names both limits.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -127,7 +126,7 @@ def out_of_range_message(target: float, costs: Any, unit: str = "MACs") -> str:
     prefix, factor = _scale_for(high, unit)
     t, lo, hi = _distinct([target, low, high], factor)
     u = f"{prefix}{unit}"
-    limits = f"the smallest budget is {lo}, the largest {hi}"
+    limits = f"the smallest budget is {lo} {u}, the largest {hi} {u}"
     if target < low:
         return f"budget {t} {u} is below the glance-only cost {lo} {u} of this model; {limits}"
     return (
@@ -224,14 +223,14 @@ class Budget:
         """The budget per image: MACs for mean/total budgets, seconds of one model replica for time."""
         if self.kind == "mean":
             return self.value
-        if num_images is None or num_images <= 0:
+        if num_images is None or not (math.isfinite(num_images) and num_images > 0):
             raise ValueError(
                 f"{self} needs the number of images the job will classify (got {num_images}); "
                 "pass num_images, or give a mean budget per image with --budget"
             )
         if self.kind == "total":
             return self.value / num_images
-        if num_workers <= 0:
+        if not (math.isfinite(num_workers) and num_workers > 0):
             raise ValueError(f"{self} needs num_workers >= 1 model replicas, got {num_workers}")
         return self.value * num_workers / num_images
 
@@ -328,38 +327,3 @@ def parse_budget(text: str, kind: BudgetKind = "mean") -> Budget:
         raise ValueError(f"budget kind {kind!r} is not one of {', '.join(KINDS)}")
     what = "budget" if kind == "mean" else "total budget"
     return Budget(kind, parse_amount(text, what, _EXAMPLES[kind]))
-
-
-# ----------------------------------------------------------------------------- argparse
-
-
-def _argument_type(kind: BudgetKind):
-    def convert(text: str) -> Budget:
-        try:
-            return parse_budget(text, kind)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    convert.__name__ = f"{kind} budget"
-    return convert
-
-
-def add_budget_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    """Add the mutually exclusive --budget / --budget-total / --budget-time options.
-
-    All three store a `Budget` in `args.budget` (None when none is given and not `required`).
-    """
-    group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument(
-        "--budget", dest="budget", type=_argument_type("mean"), default=None, metavar="MACS",
-        help="mean Multiply-Adds per image, suffixes K/M/G/T/P: 1.2G, 850M",
-    )
-    group.add_argument(
-        "--budget-total", dest="budget", type=_argument_type("total"), metavar="MACS",
-        help="Multiply-Adds for the whole dataset, divided by its number of images: 3.5P",
-    )
-    group.add_argument(
-        "--budget-time", dest="budget", type=_argument_type("time"), metavar="DURATION",
-        help="wall-clock model time for the whole job, from per-step seconds measured at "
-        "start-up: 2h, 90m, 45s, 1h30m",
-    )

@@ -8,7 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from gfpipe.budget import Budget, add_budget_arguments, format_amount, format_duration, parse_budget
+from gfpipe.budget import Budget, format_amount, format_duration, parse_budget
+from gfpipe.commands.common import add_budget_arguments
 
 COSTS = [0.76e9, 1.55e9, 2.36e9, 3.17e9, 3.99e9]
 SECONDS = [0.005, 0.011, 0.017, 0.023, 0.029]  # cumulative seconds per image per exit step
@@ -101,7 +102,7 @@ def test_budget_below_glance_names_both_limits_in_the_users_terms():
         parse_budget("0.4G").resolve(COSTS)
     assert str(err.value) == (
         "budget 0.4 GMACs is below the glance-only cost 0.76 GMACs of this model; "
-        "the smallest budget is 0.76, the largest 3.99"
+        "the smallest budget is 0.76 GMACs, the largest 3.99 GMACs"
     )
     with pytest.raises(ValueError, match=r"1000000 images is 0.5 GMACs per image; .*"
                        r"--budget-total 760T to 3.99P"):
