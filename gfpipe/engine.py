@@ -10,11 +10,23 @@ each input batch, the deepest pool with a full batch runs first; so no pool grow
 batches and images finish as early as possible. When the input is exhausted, pools are flushed
 from shallow to deep, with at most one partial call per step; no row is held after that.
 
+Images are ranked by the exit score (`gfpipe.budget.scores`: log-odds of the top class, which
+never saturates), and thresholds are in score units. An image whose pixels are not finite, or
+whose logits stop being finite at some step, leaves at once as an error row that costs what it
+cost; it never reaches the budget controller's sample.
+
+Exits match `GFNet.anytime` + `gfpipe.budget.solver.simulate` exactly when the model's numerics
+do not depend on batch composition (one thread, deterministic kernels). Otherwise (many-threaded
+CPU kernels, GPU algorithms chosen by batch size) a score can move by about 1e-5 between
+batches, so an image whose score lies within that of a threshold may exit one step earlier or
+later than the simulation says (`tests/test_engine.py` bounds this).
+
 Pure torch: the Ray actor in the classify pipeline wraps this class.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 from dataclasses import dataclass, field
@@ -25,6 +37,7 @@ import torch
 from torch import Tensor
 
 from gfpipe.budget.costs import step_costs
+from gfpipe.budget.scores import exit_scores
 from gfpipe.model.gfnet import GFNet, GFState
 from gfpipe.model.patches import patch_corners
 
@@ -80,14 +93,14 @@ class _Chunk:
     slots: np.ndarray  # (n,) int64: where each image lives in the image store
     state: GFState | None  # None before the glance
     shadow: np.ndarray  # (n,) bool: runs all T steps for the budget controller
-    confidences: np.ndarray  # (n, steps done) max-softmax of each step so far
+    scores: np.ndarray  # (n, steps done) exit score of each step so far
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def select(self, idx: np.ndarray, device: torch.device) -> "_Chunk":
         state = None if self.state is None else self.state.index(torch.from_numpy(idx).to(device))
-        return _Chunk([self.keys[i] for i in idx], self.slots[idx], state, self.shadow[idx], self.confidences[idx])
+        return _Chunk([self.keys[i] for i in idx], self.slots[idx], state, self.shadow[idx], self.scores[idx])
 
     @staticmethod
     def cat(chunks: list["_Chunk"]) -> "_Chunk":
@@ -98,7 +111,7 @@ class _Chunk:
             np.concatenate([c.slots for c in chunks]),
             None if chunks[0].state is None else GFState.cat([c.state for c in chunks]),
             np.concatenate([c.shadow for c in chunks]),
-            np.concatenate([c.confidences for c in chunks]),
+            np.concatenate([c.scores for c in chunks]),
         )
 
 
@@ -125,26 +138,35 @@ class _Pool:
 
 @dataclass
 class EngineStats:
-    """What the engine did: every model call as (step, batch size), exits per step, MACs spent,
-    and the most images that ever waited in one step's pool."""
+    """What the engine did: every model call as (step, batch size), rows per exit step, error
+    rows, MACs spent, and the most images that ever waited in one step's pool.
+
+    `exits[t-1]` counts rows that left after step t, error rows included (a model output that
+    stopped being finite at step t counts there); `refused` counts images refused before the
+    glance (non-finite pixels), which cost nothing.
+    """
 
     calls: list[tuple[int, int]] = field(default_factory=list)
     exits: list[int] = field(default_factory=list)
+    errors: int = 0
+    refused: int = 0
     macs: float = 0.0
     max_waiting: int = 0
 
     @property
     def images(self) -> int:
-        return sum(self.exits)
+        """Rows produced: one per input image."""
+        return sum(self.exits) + self.refused
 
 
 class EarlyExitEngine:
     """Runs a GFNet with real early exits over a stream of preprocessed image batches.
 
-    `thresholds` are eta_1..eta_T (an image exits after step t when its max softmax is >=
-    eta_t; eta_T is ignored: every image exits at T). With a `controller` (a
-    `gfpipe.budget.control.BudgetController`), thresholds are read from it before every step,
-    its shadow images run all T steps, and every finished image is reported to it.
+    `thresholds` are eta_1..eta_T in exit-score units (`gfpipe.budget.scores`): an image exits
+    after step t when its exit score is >= eta_t; eta_T is ignored (every image exits at T).
+    With a `controller` (a `gfpipe.budget.control.BudgetController`), thresholds are read from
+    it before every step, its shadow images run all T steps, and every finished image is
+    reported to it.
     """
 
     def __init__(
@@ -200,32 +222,33 @@ class EarlyExitEngine:
     def run(self, batches: Iterable[tuple[Sequence[Hashable], Tensor]]) -> Iterator[dict[str, Any]]:
         """Yield one result row per input image, as soon as it exits.
 
-        `batches` yields (keys, images) with images preprocessed, (n, 3, S, S). Rows hold
-        `key`, `label`, `label_name`, `confidence`, `topk_labels`, `topk_probs`, `exit_step`
-        (from 1), `macs` (spent on this image) and `glimpses` ((row, col) top-left corners of the
-        focus patches, in pixels of the model input).
+        `batches` yields (keys, images) with images preprocessed, a float tensor (n, 3, S, S);
+        keys must be unique within one run. Rows hold `key`, `label`, `label_name`,
+        `confidence` (max-softmax), `topk_labels`, `topk_probs`, `exit_step` (from 1),
+        `macs` (spent on this image), `glimpses` ((row, col) top-left corners of the focus
+        patches, in pixels of the model input) and `error` (None, or why the image failed:
+        then the prediction fields are None).
         """
         pools = [_Pool() for _ in range(self.T)]
         store = _ImageStore(self.device, next(self.model.parameters()).dtype)
-        size = self.model.config.input_size
+        seen: set[Hashable] = set()
         for keys, images in batches:
-            keys = list(keys)
-            if len(keys) != images.shape[0]:
-                raise ValueError(f"{len(keys)} keys for {images.shape[0]} images")
-            if tuple(images.shape[1:]) != (3, size, size):
-                raise ValueError(f"expected images of shape (n, 3, {size}, {size}), got {tuple(images.shape)}")
-            if not images.is_floating_point():
-                raise ValueError(
-                    f"images must be preprocessed floats (resize, crop, normalise), got {images.dtype}; "
-                    "see gfpipe.data.decode.preprocess"
-                )
+            keys = self._check_batch(keys, images, seen)
             if not keys:
                 continue
+            finite = _finite_images(images)
+            if not finite.all():
+                bad = np.flatnonzero(~finite)
+                yield from self._refused_rows([keys[i] for i in bad])
+                good = np.flatnonzero(finite)
+                keys, images = [keys[i] for i in good], images[torch.from_numpy(good).to(images.device)]
+                if not keys:
+                    continue
+            slots = store.put(images)
             shadow = (
                 np.zeros(len(keys), bool) if self.controller is None
-                else np.asarray(self.controller.shadow_mask(keys), bool)
+                else np.asarray(self.controller.admit(keys), bool)  # counts them in flight, too
             )
-            slots = store.put(images)
             pools[0].add(_Chunk(keys, slots, None, shadow, np.zeros((len(keys), 0), np.float32)))
             while True:
                 full = [t for t in range(self.T) if pools[t].size >= self.batch_size]
@@ -237,6 +260,34 @@ class EarlyExitEngine:
             while pools[t].size:
                 yield from self._step(t, pools[t].take(self.batch_size, self.device), pools, store)
 
+    def _check_batch(self, keys: Sequence[Hashable], images: Any, seen: set[Hashable]) -> list[Hashable]:
+        """The batch's keys as a list, after checking the batch is something the model can take."""
+        if not isinstance(images, Tensor):
+            raise TypeError(
+                f"images must be a torch.Tensor (n, 3, S, S), got {type(images).__module__}."
+                f"{type(images).__name__}; convert with torch.from_numpy (see gfpipe.data.decode.preprocess_batch)"
+            )
+        keys = list(keys)
+        size = self.model.config.input_size
+        if len(keys) != images.shape[0]:
+            raise ValueError(f"{len(keys)} keys for {images.shape[0]} images")
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"expected images of shape (n, 3, {size}, {size}), got {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(
+                f"images must be preprocessed floats (resize, crop, normalise), got {images.dtype}; "
+                "see gfpipe.data.decode.preprocess"
+            )
+        fresh = set(keys)
+        if len(fresh) != len(keys) or not seen.isdisjoint(fresh):
+            repeated = {k for k, c in collections.Counter(keys).items() if c > 1} | (fresh & seen)
+            shown = ", ".join(sorted(repr(k) for k in repeated)[:3])
+            raise ValueError(
+                f"key(s) {shown} appear more than once in one run; keys name output rows and must be unique"
+            )
+        seen |= fresh
+        return keys
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
@@ -244,7 +295,7 @@ class EarlyExitEngine:
 
     @torch.inference_mode()
     def _step(self, done: int, chunk: _Chunk, pools: list[_Pool], store: _ImageStore) -> Iterator[dict[str, Any]]:
-        """Run step done+1 on `chunk`; emit the images that exit, pool the rest."""
+        """Run step done+1 on `chunk`; emit the images that exit or fail, pool the rest."""
         step = done + 1
         with self._autocast():
             if chunk.state is None:
@@ -256,30 +307,32 @@ class EarlyExitEngine:
                 index = torch.from_numpy(chunk.slots).to(self.device)
                 logits, state = self.model.focus(store.tensor, chunk.state, image_index=index)
         self.stats.calls.append((step, len(chunk)))
-        probs = logits.float().softmax(dim=-1)
-        top_probs, top_labels = probs.topk(self.top_k, dim=-1)  # (n, k)
-        confidence = top_probs[:, 0].cpu().numpy()
-        confidences = np.concatenate([chunk.confidences, confidence[:, None]], axis=1)
+        logits = logits.float()
+        top_probs, top_labels = logits.softmax(dim=-1).topk(self.top_k, dim=-1)  # (n, k)
+        score = exit_scores(logits).cpu().numpy()  # (n,), NaN where the logits are not finite
+        scores = np.concatenate([chunk.scores, score[:, None]], axis=1)
+        failed = np.isnan(score)
 
         if step == self.T:
             exits = np.ones(len(chunk), bool)
         else:
-            exits = (confidence >= self.thresholds[done]) & ~chunk.shadow
+            exits = ((score >= self.thresholds[done]) & ~chunk.shadow) | failed
         exit_idx = np.flatnonzero(exits)
         if exit_idx.size:
             store.release(chunk.slots[exit_idx])
-            yield from self._rows(chunk, step, exit_idx, top_probs, top_labels, state)
+            yield from self._rows(chunk, step, exit_idx, failed[exit_idx], top_probs, top_labels, state)
             if self.controller is not None:
-                shadow_rows = confidences[exit_idx][chunk.shadow[exit_idx]]
+                sample = chunk.shadow[exit_idx] & ~failed[exit_idx]
+                shadow_rows = scores[exit_idx][sample]
                 self.controller.record(np.full(exit_idx.size, step), shadow_rows if shadow_rows.size else None)
         stay_idx = np.flatnonzero(~exits)
         if stay_idx.size:
-            after = _Chunk(chunk.keys, chunk.slots, state, chunk.shadow, confidences)
+            after = _Chunk(chunk.keys, chunk.slots, state, chunk.shadow, scores)
             pools[step].add(after.select(stay_idx, self.device))
             self.stats.max_waiting = max(self.stats.max_waiting, pools[step].size)
 
-    def _rows(self, chunk: _Chunk, step: int, idx: np.ndarray, top_probs: Tensor, top_labels: Tensor,
-              state: GFState) -> Iterator[dict[str, Any]]:
+    def _rows(self, chunk: _Chunk, step: int, idx: np.ndarray, failed: np.ndarray, top_probs: Tensor,
+              top_labels: Tensor, state: GFState) -> Iterator[dict[str, Any]]:
         index = torch.from_numpy(idx).to(top_probs.device)
         probs = top_probs.index_select(0, index).cpu().tolist()
         labels = top_labels.index_select(0, index).cpu().tolist()
@@ -290,8 +343,13 @@ class EarlyExitEngine:
         names = self.model.class_names
         macs = self.costs[step - 1]
         self.stats.exits[step - 1] += n
+        self.stats.errors += int(failed.sum())
         self.stats.macs += macs * n
         for j, i in enumerate(idx):
+            if failed[j]:
+                yield _error_row(chunk.keys[i], step, macs, glimpses[j],
+                                 f"model output is not finite at step {step} (NaN or Inf logits)")
+                continue
             yield {
                 "key": chunk.keys[i],
                 "label": labels[j][0],
@@ -302,12 +360,45 @@ class EarlyExitEngine:
                 "exit_step": step,
                 "macs": macs,
                 "glimpses": glimpses[j],
+                "error": None,
             }
+
+    def _refused_rows(self, keys: list[Hashable]) -> Iterator[dict[str, Any]]:
+        self.stats.refused += len(keys)
+        self.stats.errors += len(keys)
+        for key in keys:
+            yield _error_row(key, 0, 0.0, [], "input image has non-finite pixels (NaN or Inf)")
+
+
+def _finite_images(images: Tensor) -> np.ndarray:
+    """(n,) bool: which images have only finite pixels. A non-finite pixel makes the image's sum
+    non-finite, so one reduction answers for nearly every batch; only images whose sum is not
+    finite (bad pixels, or finite ones that overflowed) get the exact per-pixel check."""
+    flat = images.flatten(1)
+    ok = torch.isfinite(flat.sum(dim=1))
+    if not bool(ok.all()):
+        suspect = (~ok).nonzero().flatten()
+        ok[suspect] = torch.isfinite(flat[suspect]).all(dim=1)
+    return ok.cpu().numpy()
+
+
+def _error_row(key: Hashable, step: int, macs: float, glimpses: list, error: str) -> dict[str, Any]:
+    """A row for an image without a usable prediction: what it cost, and why."""
+    return {
+        "key": key,
+        "label": None,
+        "label_name": None,
+        "confidence": None,
+        "topk_labels": [],
+        "topk_probs": [],
+        "exit_step": step,
+        "macs": macs,
+        "glimpses": glimpses,
+        "error": error,
+    }
 
 
 def batched(keys: Sequence[Hashable], images: Tensor, size: int) -> Iterator[tuple[list[Hashable], Tensor]]:
     """Split one keyed tensor into (keys, images) batches of `size`: input for `EarlyExitEngine.run`."""
     for start in range(0, len(keys), size):
         yield list(keys[start:start + size]), images[start:start + size]
-
-

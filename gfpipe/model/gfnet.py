@@ -272,11 +272,13 @@ class GFNet(nn.Module):
         glimpses = torch.cat([state.glimpses, location.action.detach().to(pooled.dtype).unsqueeze(1)], 1)
         return logits, GFState(step, cls_state, location.hidden, fmap, glimpses)
 
+    @torch.inference_mode()
     def anytime(self, images: Tensor, return_locations: bool = False):
         """All T steps for every image -> logits (T, N, K) [and action means (T-1, N, 2)].
 
         This is what the paper's code computes for every image; the engine computes only what
-        each image needs.
+        each image needs. An inference entry point: it runs under `torch.inference_mode` (no
+        autograd graph); training steps call `glance`/`focus` directly.
         """
         logits, state = self.glance(images)
         all_logits, actions = [logits], []
@@ -293,6 +295,7 @@ class GFNet(nn.Module):
         return stacked, stacked.new_zeros(0, images.shape[0], 2)
 
     def forward(self, images: Tensor) -> Tensor:
+        """Inference: `anytime` logits (T, N, K)."""
         return self.anytime(images)
 
     def _check_images(self, images: Tensor) -> None:
