@@ -1,5 +1,5 @@
 # gfpipe: the two commands.
-#   make test   create .venv if missing, install a CPU torch first, then gfpipe[test], run pytest
+#   make test   create .venv if missing, install a CPU torch first, then gfpipe[test]; lint, then pytest
 #   make demo   (comes with the classify-job issue)
 # Override the torch pin for another platform or CUDA build: make test TORCH='torch==2.13.0'
 
@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.gfpipe-installed
 
-.PHONY: test install demo bench clean
+.PHONY: test lint install demo bench bench-engine clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,15 +23,26 @@ $(STAMP): $(PY) pyproject.toml Makefile
 
 install: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	@echo "make demo arrives with the classify-job issue (jobs/classify.py); see README.md." >&2
 	@exit 2
 
+# Benchmarks write bench/results/*.json, which git ignores: BENCHMARKS.md is the record, and
+# copying figures there is the deliberate step. Run them on a quiet machine.
 bench: $(STAMP)
 	PYTHONPATH=. $(PY) bench/costs.py
+
+bench-engine: $(STAMP)
+	PYTHONPATH=. $(PY) bench/engine.py --arch resnet50 --patch 96 --T 5 --batch 16 --images 256 --repeats 5 --name engine_resnet50_b16
+	PYTHONPATH=. $(PY) bench/engine.py --arch resnet50 --patch 96 --T 5 --batch 32 --images 384 --repeats 5 --name engine_resnet50_b32
+	PYTHONPATH=. $(PY) bench/engine.py --arch mobilenetv3_large_100 --patch 96 --T 3 --batch 16 --images 1024 --repeats 5 --name engine_mobilenetv3_b16
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,26 +1,43 @@
-"""Does real early exit pay off as the MACs say, and are the engine's batches full?
+"""Does real early exit pay off as the MACs say, and how much does the engine itself cost?
 
-Same model, same images, one run:
-(a) realized speedup over theoretical = (time of all T steps on every image, what the paper's
-    code does) / (time of the engine at a budget), divided by the MACs ratio of the two.
-    Goal >= 0.9 at batch >= 16 on CPU.
-(b) batch efficiency = engine throughput / throughput predicted from full-batch per-step timings
-    and the engine's own exit histogram. Goal >= 0.95.
+Same model, same images, one process. Every round times three things back to back, the order
+alternating between rounds (baseline first in even rounds, engine first in odd ones, the
+per-step timings always in between):
+  baseline  all T steps on every image (`GFNet.anytime`, what the paper's code does);
+  engine    `EarlyExitEngine` at the budget;
+  steps     the glance and each focus step on full batches of the same images, timed one by one.
+Each round gives its own ratios, and the figures are the median of the per-round ratios with
+their min-max spread (never a ratio of separately taken medians: one loaded moment on one side
+would move it):
+  realized / theoretical    (baseline time / engine time) / (MACs of all steps / MACs spent by
+                            the engine). Goal >= 0.9 at batch >= 16 on CPU.
+  batch efficiency          engine time predicted from this round's full-batch step times and the
+                            engine's exit histogram / measured engine time. Goal >= 0.95.
+  overhead-free r/t         realized / theoretical of an engine with no overhead at all: the
+                            baseline time / the predicted engine time, over the MACs ratio. The
+                            measured r/t is this times the batch efficiency.
+  prediction / baseline     baseline time predicted from the same step times / measured baseline
+                            time: about 1, or the prediction flatters one side.
 
-Timings alternate baseline and engine runs and keep each one's median, since the machine is
-noisy. Weights are random (spread so that confidences vary between images): timing does not
-depend on them, and the thresholds are solved on calibration images so the exit histogram
-follows the budget.
+Weights are random (`common.randomize_weights`, spread so that confidences vary between images):
+timing does not depend on them, and thresholds are solved on separate calibration images, so the
+exit histogram follows the budget. Before anything runs, glibc malloc is tuned in-process for
+both sides (`gfpipe.runtime.tune_allocator`); `--no-tune-allocator` shows the difference.
 
     PYTHONPATH=. python bench/engine.py [--arch resnet50 --patch 96 --T 5 --batch 16 --images 256]
+    PYTHONPATH=. python bench/engine.py --device cuda --dtype bf16 --channels-last --batch 64
+Writes bench/results/NAME.json (git ignores it; BENCHMARKS.md carries the recorded figures).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,49 +47,151 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, randomize_weights, write_results  # noqa: E402
 
 from gfpipe.budget.costs import step_costs  # noqa: E402
-from gfpipe.budget.solver import exit_fractions, thresholds  # noqa: E402
+from gfpipe.budget.scores import exit_scores  # noqa: E402
+from gfpipe.budget.solver import solve_thresholds  # noqa: E402
 from gfpipe.engine import EarlyExitEngine, batched  # noqa: E402
 from gfpipe.model import GFNet, GFNetConfig  # noqa: E402
+from gfpipe.runtime import tune_allocator  # noqa: E402
+
+try:
+    import resource
+except ImportError:  # not on Unix: no page-fault counts
+    resource = None
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+GOALS = {"realized_over_theoretical": ">= 0.9 (batch >= 16, CPU)", "batch_efficiency": ">= 0.95"}
 
 
-@torch.inference_mode()
-def confidences(model: GFNet, x: torch.Tensor, batch: int) -> np.ndarray:
-    out = [model.anytime(x[i:i + batch]).softmax(-1).amax(-1).T for i in range(0, len(x), batch)]
-    return torch.cat(out).numpy()  # (N, T)
+class Setup:
+    """Everything the three timed sides share: model, images, device, autocast."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.device = torch.device(args.device)
+        self.autocast_dtype = DTYPES[args.dtype]
+        if self.autocast_dtype is not None and self.device.type != "cuda":
+            raise SystemExit(f"--dtype {args.dtype} is autocast on CUDA; on CPU use --dtype fp32")
+        self.channels_last = args.channels_last
+        self.batch = args.batch
+        torch.manual_seed(0)
+        cfg = GFNetConfig(backbone=args.arch, num_classes=1000, patch_size=args.patch, T=args.T)
+        model = GFNet(cfg).eval()
+        randomize_weights(model)
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.T = self.model.config.T
+        gen = torch.Generator().manual_seed(1)
+        shape = (args.images, 3, cfg.input_size, cfg.input_size)
+        # Images live where the model runs, so every side starts from the same place.
+        self.calibration = self._place(torch.randn(shape, generator=gen))
+        self.x = self._place(torch.randn(shape, generator=gen))
+        self.keys = [str(i) for i in range(args.images)]
+
+    def _place(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def now(self) -> float:
+        self.sync()
+        return time.perf_counter()
+
+    @torch.inference_mode()
+    def scores(self, x: torch.Tensor) -> np.ndarray:
+        """Exit scores (N, T) of every step for every image: the solver's calibration input."""
+        with self.autocast():
+            out = [exit_scores(self.model.anytime(x[i:i + self.batch])).T for i in range(0, len(x), self.batch)]
+        return torch.cat(out).cpu().numpy()
+
+    @torch.inference_mode()
+    def baseline(self, x: torch.Tensor) -> float:
+        """Seconds for all T steps on every image."""
+        start = self.now()
+        with self.autocast():
+            for i in range(0, len(x), self.batch):
+                self.model.anytime(x[i:i + self.batch])
+        return self.now() - start
+
+    def engine(self, x: torch.Tensor, eta: np.ndarray) -> tuple[float, EarlyExitEngine]:
+        """Seconds for the engine over every image, and the engine (its stats)."""
+        engine = EarlyExitEngine(
+            self.model, eta, batch_size=self.batch, device=self.device,
+            autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
+        )
+        start = self.now()
+        rows = sum(1 for _ in engine.run(batched(self.keys[:len(x)], x, self.batch)))
+        elapsed = self.now() - start
+        if rows != len(x):
+            raise RuntimeError(f"the engine gave {rows} rows for {len(x)} images")
+        return elapsed, engine
+
+    @torch.inference_mode()
+    def steps(self, x: torch.Tensor) -> list[float]:
+        """Mean seconds of each step (glance, focus 2..T) per call on full batches of x.
+
+        On CUDA, events between the steps time the GPU's timeline without a synchronisation per
+        step (one would stall the launch queue that the baseline keeps full).
+        """
+        cuda = self.device.type == "cuda"
+        marks: list[list] = []
+        with self.autocast():
+            self.sync()
+            for i in range(0, len(x) - self.batch + 1, self.batch):
+                xb = x[i:i + self.batch]
+                mark = self._marker(cuda)
+                points = [mark()]
+                _, state = self.model.glance(xb)
+                points.append(mark())
+                for _ in range(1, self.T):
+                    _, state = self.model.focus(xb, state)
+                    points.append(mark())
+                marks.append(points)
+            self.sync()
+        if not marks:
+            raise SystemExit(f"--images must be at least --batch ({self.batch}) to time full batches")
+        if cuda:
+            gaps = [[a.elapsed_time(b) / 1e3 for a, b in itertools.pairwise(p)] for p in marks]
+        else:
+            gaps = [[b - a for a, b in itertools.pairwise(p)] for p in marks]
+        return [sum(g[t] for g in gaps) / len(gaps) for t in range(self.T)]
+
+    @staticmethod
+    def _marker(cuda: bool) -> Callable[[], object]:
+        if not cuda:
+            return time.perf_counter
+
+        def mark():
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+
+        return mark
 
 
-@torch.inference_mode()
-def time_all_steps(model: GFNet, x: torch.Tensor, batch: int) -> float:
-    start = time.perf_counter()
-    for i in range(0, len(x), batch):
-        model.anytime(x[i:i + batch])
-    return time.perf_counter() - start
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
-def time_engine(model: GFNet, eta: np.ndarray, x: torch.Tensor, batch: int) -> tuple[float, EarlyExitEngine]:
-    engine = EarlyExitEngine(model, eta, batch_size=batch)
-    keys = [str(i) for i in range(len(x))]
-    start = time.perf_counter()
-    n = sum(1 for _ in engine.run(batched(keys, x, batch)))
-    elapsed = time.perf_counter() - start
-    assert n == len(x)
-    return elapsed, engine
+def timed_faults(fn: Callable[[], object]) -> tuple[object, int]:
+    before = minor_faults()
+    out = fn()
+    return out, minor_faults() - before
 
 
-@torch.inference_mode()
-def full_batch_step_seconds(model: GFNet, x: torch.Tensor, batch: int, repeats: int) -> list[float]:
-    """Median seconds of each step (glance, focus 2..T) on one full batch."""
-    xb = x[:batch]
-    per_step: list[list[float]] = [[] for _ in range(model.config.T)]
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _, state = model.glance(xb)
-        per_step[0].append(time.perf_counter() - start)
-        for t in range(1, model.config.T):
-            start = time.perf_counter()
-            _, state = model.focus(xb, state)
-            per_step[t].append(time.perf_counter() - start)
-    return [statistics.median(s) for s in per_step]
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def fmt(s: dict, digits: int = 3) -> str:
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
 
 
 def main() -> None:
@@ -84,64 +203,113 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--budget-share", type=float, default=0.35,
                         help="target mean cost as a share of the way from C_1 to C_T")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds (baseline, steps, engine in each)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                        help="bf16/fp16: autocast on CUDA (the engine's autocast_dtype) for every side")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last model and images, every side")
+    parser.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
+                        help="leave glibc malloc's defaults (to measure what tune_allocator changes)")
     parser.add_argument("--name", default="engine", help="results file bench/results/NAME.json")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    model = GFNet(GFNetConfig(backbone=args.arch, num_classes=1000, patch_size=args.patch, T=args.T)).eval()
-    randomize_weights(model)
-    gen = torch.Generator().manual_seed(1)
-    calibration = torch.randn(args.images, 3, 224, 224, generator=gen)
-    x = torch.randn(args.images, 3, 224, 224, generator=gen)
-    costs = np.array(step_costs(model))
+    if args.tune_allocator:
+        allocator = tune_allocator() or "defaults (not glibc: nothing to tune)"
+    else:
+        allocator = "glibc defaults (--no-tune-allocator)"
+
+    s = Setup(args)
+    costs = np.array(step_costs(s.model))
     target = costs[0] + args.budget_share * (costs[-1] - costs[0])
-    eta = thresholds(confidences(model, calibration, args.batch), exit_fractions(costs, target))
+    eta = solve_thresholds(costs, s.scores(s.calibration), target).thresholds
+    n = len(s.x)
 
-    time_engine(model, eta, x[: 2 * args.batch], args.batch)  # warm-up
-    baseline, engine_times = [], []
-    engine = None
-    for _ in range(args.repeats):
-        baseline.append(time_all_steps(model, x, args.batch))
-        seconds, engine = time_engine(model, eta, x, args.batch)
-        engine_times.append(seconds)
-    t_all, t_engine = statistics.median(baseline), statistics.median(engine_times)
-    exits = np.array(engine.stats.exits)
-    macs_all = costs[-1] * args.images
-    macs_engine = float(exits @ costs)
-    realized_speedup = t_all / t_engine
-    theoretical_speedup = macs_all / macs_engine
+    # Warm-up: every side once (the engine over all images, so its partial-batch shapes are seen).
+    s.baseline(s.x[: 2 * args.batch])
+    s.steps(s.x[: 2 * args.batch])
+    s.engine(s.x, eta)
 
-    step_seconds = full_batch_step_seconds(model, x, args.batch, args.repeats)
-    reaching = exits[::-1].cumsum()[::-1]  # images that run step t
-    predicted = float(sum(r / args.batch * s for r, s in zip(reaching, step_seconds)))
-    batch_efficiency = predicted / t_engine
+    rounds = []
+    for r in range(args.repeats):
+        sides = ["baseline", "steps", "engine"] if r % 2 == 0 else ["engine", "steps", "baseline"]
+        got, faults = {}, {}
+        for side in sides:
+            run = {"baseline": lambda: s.baseline(s.x), "steps": lambda: s.steps(s.x),
+                   "engine": lambda: s.engine(s.x, eta)}[side]
+            got[side], faults[side] = timed_faults(run)
+        t_base, step_seconds = got["baseline"], got["steps"]
+        t_engine, engine = got["engine"]
+        exits = np.array(engine.stats.exits)
+        reaching = exits[::-1].cumsum()[::-1]  # images that run step t
+        predicted_engine = float(reaching @ np.array(step_seconds)) / args.batch
+        predicted_base = n * sum(step_seconds) / args.batch
+        theoretical = costs[-1] * n / float(exits @ costs)
+        rounds.append({
+            "order": sides,
+            "seconds_all_steps": t_base,
+            "seconds_engine": t_engine,
+            "seconds_engine_predicted": predicted_engine,
+            "seconds_all_steps_predicted": predicted_base,
+            "full_batch_step_seconds": step_seconds,
+            "theoretical_speedup": theoretical,
+            "realized_speedup": t_base / t_engine,
+            "realized_over_theoretical": t_base / t_engine / theoretical,
+            "batch_efficiency": predicted_engine / t_engine,
+            "overhead_free_realized_over_theoretical": t_base / predicted_engine / theoretical,
+            "prediction_over_baseline": predicted_base / t_base,
+            "minor_faults": faults,
+            "exits": exits.tolist(),
+            "calls": len(engine.stats.calls),
+            "partial_calls": sum(1 for _, size in engine.stats.calls if size != args.batch),
+        })
+        last = rounds[-1]
+        print(f"round {r + 1}/{args.repeats} ({', '.join(sides)}): all steps {t_base:.3f} s, engine "
+              f"{t_engine:.3f} s (predicted {predicted_engine:.3f} s), r/t {last['realized_over_theoretical']:.3f}, "
+              f"batch eff {last['batch_efficiency']:.3f}, pred/base {last['prediction_over_baseline']:.3f}, "
+              f"minor faults {faults}", flush=True)
 
+    per_round = {key: spread([r[key] for r in rounds]) for key in (
+        "realized_over_theoretical", "batch_efficiency", "overhead_free_realized_over_theoretical",
+        "prediction_over_baseline", "realized_speedup", "theoretical_speedup",
+        "seconds_all_steps", "seconds_engine", "seconds_engine_predicted")}
+    exits = rounds[-1]["exits"]
+    macs_engine = float(np.array(exits) @ costs)
     figures = {
-        "realized_over_theoretical": realized_speedup / theoretical_speedup,
-        "batch_efficiency": batch_efficiency,
-        "realized_speedup": realized_speedup,
-        "theoretical_speedup": theoretical_speedup,
-        "seconds_all_steps": t_all,
-        "seconds_engine": t_engine,
-        "seconds_engine_predicted": predicted,
-        "full_batch_step_seconds": step_seconds,
-        "macs_all_steps": macs_all,
+        **{key: value["median"] for key, value in per_round.items()},
+        "spread": {key: [value["min"], value["max"]] for key, value in per_round.items()},
+        "method": "median of per-round ratios over interleaved rounds (baseline, steps, engine; order "
+                  "alternating), spread = min-max over rounds",
+        "full_batch_step_seconds": [statistics.median(r["full_batch_step_seconds"][t] for r in rounds)
+                                    for t in range(s.T)],
+        "macs_all_steps": float(costs[-1] * n),
         "macs_engine": macs_engine,
         "mean_macs_target": float(target),
-        "mean_macs_engine": macs_engine / args.images,
-        "exits": exits.tolist(),
-        "calls": len(engine.stats.calls),
-        "partial_calls": sum(1 for _, n in engine.stats.calls if n != args.batch),
-        "config": {"arch": args.arch, "patch": args.patch, "T": args.T, "batch": args.batch, "images": args.images},
+        "mean_macs_engine": macs_engine / n,
+        "exits": exits,
+        "calls": rounds[-1]["calls"],
+        "partial_calls": rounds[-1]["partial_calls"],
+        "minor_faults_per_run": {side: statistics.median(r["minor_faults"][side] for r in rounds)
+                                 for side in ("baseline", "steps", "engine")},
+        "allocator": allocator,
+        "rounds": rounds,
+        "config": {"arch": args.arch, "patch": args.patch, "T": args.T, "batch": args.batch,
+                   "images": args.images, "budget_share": args.budget_share, "repeats": args.repeats,
+                   "device": str(s.device), "dtype": args.dtype, "channels_last": args.channels_last},
     }
-    goals = {"realized_over_theoretical": ">= 0.9", "batch_efficiency": ">= 0.95"}
     print(f"machine: {machine()}")
-    print(f"{args.arch} p={args.patch} T={args.T} batch {args.batch}, {args.images} images, exits per step {exits.tolist()}")
-    print(f"all T steps: {t_all:.2f} s   engine: {t_engine:.2f} s   predicted from full batches: {predicted:.2f} s")
-    print(f"MACs ratio (theoretical speedup): {theoretical_speedup:.3f}   realized speedup: {realized_speedup:.3f}")
-    print(f"realized / theoretical: {figures['realized_over_theoretical']:.3f} (goal >= 0.9)")
-    print(f"batch efficiency:       {batch_efficiency:.3f} (goal >= 0.95)")
-    print(f"wrote {write_results(args.name, figures, goals)}")
+    layout = ", channels_last" if args.channels_last else ""
+    print(f"{args.arch} p={args.patch} T={args.T} batch {args.batch}, {n} images on {s.device} ({args.dtype}{layout}), "
+          f"exits per step {exits}, allocator {figures['allocator']}")
+    print(f"median [min-max] over {args.repeats} rounds:")
+    print(f"  all T steps {fmt(per_round['seconds_all_steps'], 2)} s   engine {fmt(per_round['seconds_engine'], 2)} s"
+          f"   predicted engine {fmt(per_round['seconds_engine_predicted'], 2)} s")
+    print(f"  MACs ratio (theoretical speedup) {fmt(per_round['theoretical_speedup'])}   "
+          f"realized speedup {fmt(per_round['realized_speedup'])}")
+    print(f"  realized / theoretical        {fmt(per_round['realized_over_theoretical'])} (goal >= 0.9)")
+    print(f"  overhead-free r/t             {fmt(per_round['overhead_free_realized_over_theoretical'])}")
+    print(f"  batch efficiency              {fmt(per_round['batch_efficiency'])} (goal >= 0.95)")
+    print(f"  prediction / baseline         {fmt(per_round['prediction_over_baseline'])} (about 1)")
+    print(f"  minor page faults per run     {figures['minor_faults_per_run']}")
+    print(f"wrote {write_results(args.name, figures, GOALS)}")
 
 
 if __name__ == "__main__":
