@@ -1,8 +1,10 @@
-"""`gfpipe` command line: one subcommand per job, each defined in the module that owns it.
+"""`gfpipe` command line: the dispatcher.
 
-A subcommand module provides `add_arguments(parser)` and `run(args) -> int`. Modules are
-imported only when their subcommand runs, so `gfpipe synth` never imports Ray or torch's
-heavier parts it does not need. Logging is configured here and nowhere in the library.
+Each subcommand lives in its own module under `gfpipe.commands` (arguments, checks, one call
+into the library) and is imported only when it runs, so `gfpipe synth` never pays for torch.
+This module owns what every subcommand shares: `-v` (before or after the subcommand), logging
+(configured here and nowhere in the library), one-line errors with exit status 2 for bad input,
+and quiet handling of a closed stdout.
 """
 
 from __future__ import annotations
@@ -11,41 +13,71 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
-# name -> (module, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("gfpipe.data.synthetic", "write the cluttered-glyphs benchmark dataset"),
-    "evaluate": ("gfpipe.evaluate", "anytime and budgeted accuracy of a checkpoint on labelled data"),
-    "costs": ("gfpipe.budget.costs", "per-step cumulative Multiply-Adds of a checkpoint or architecture"),
-}
+from gfpipe.commands import SUBCOMMANDS
+from gfpipe.runtime import tune_allocator
+
+PROG = "gfpipe"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show (None, off switches)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line on stderr (what was wrong, where to look) and status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def _parser(selected: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gfpipe", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="debug logging, and tracebacks with errors")
+    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0], parents=[verbose],
+                     formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    for name, (module, summary) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary,
+                           parents=[verbose], formatter_class=_HelpFormatter)
         if name == selected:
             importlib.import_module(module).add_arguments(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    selected = next((a for a in argv if a in SUBCOMMANDS), None)
-    args = _parser(selected).parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    selected = next((a for a in argv if not a.startswith("-")), None)
+    args = _parser(selected if selected in SUBCOMMANDS else None).parse_args(argv)
+    verbose = getattr(args, "verbose", False)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
     )
+    tune_allocator()  # steady model-call times: see gfpipe.runtime
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as exc:
-        # Bad input (budgets, checkpoints, storage URIs) is the user's to fix: say what, no traceback.
-        logging.getLogger("gfpipe").error("%s", exc, exc_info=args.verbose)
+        # Bad input (arguments, budgets, checkpoints, data, storage) is the user's to fix:
+        # one line that says what and how, no traceback unless -v.
+        if verbose:
+            logging.getLogger(PROG).exception("%s", exc)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -114,8 +114,7 @@ class LabelMap:
     Build it with `LabelMap.build`. With data class names, label i means the class named
     `data_class_names[i]` and maps to that name's index in the model; without them labels are
     taken to be the model's indices already and only checked against its number of classes.
-    `record_label` (alias `label_of`, and calling the map itself) is the `record -> model
-    index` function evaluation takes (-1: unlabelled).
+    `record_label` is the `record -> model index` function evaluation takes (-1: unlabelled).
     """
 
     model_class_names: tuple[str, ...]
@@ -196,6 +195,3 @@ class LabelMap:
             )
         label = get("label")
         return -1 if label is None else self.map(int(label), key)
-
-    label_of = record_label
-    __call__ = record_label

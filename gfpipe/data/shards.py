@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 import zlib
 from collections import OrderedDict
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping, Sequence
 
 from gfpipe.data.decode import DEFAULT_MAX_PIXELS
 from gfpipe.data.decode import decode as decode_image
@@ -626,7 +626,7 @@ def decode_record(
 
 
 def read_images(
-    uri: str,
+    uri: str | Sequence[Shard],
     storage_options: Mapping[str, Any] | None = None,
     *,
     options: ReadOptions | None = None,
@@ -636,10 +636,12 @@ def read_images(
 ) -> Iterator[dict[str, Any]]:
     """Every image under `uri`, decoded, one dict per image (see `decode_record`), in shard order.
 
+    `uri` may also be the shards `discover_shards` found (to list once and read later).
     Keyword overrides set `ReadOptions` fields, e.g. `read_images(u, format="parquet",
     image_column="img")`. Bad images and unreadable shards come back as rows with `error` set.
     """
     options = dataclasses.replace(options or ReadOptions(), **overrides)
-    for shard in discover_shards(uri, storage_options, options):
+    shards = discover_shards(uri, storage_options, options) if isinstance(uri, str) else uri
+    for shard in shards:
         for record in iter_shard_records(shard, storage_options, options):
             yield decode_record(record, max_pixels=max_pixels, draft_size=draft_size)

@@ -98,11 +98,11 @@ def test_without_data_names_labels_must_be_model_indices():
 
 def test_record_label_refuses_unknown_text_and_marks_unlabelled():
     label_map = LabelMap.build(("cat", "dog"))
-    assert label_map({"key": "k0", "label": 1, "unknown_label": None}) == 1
-    assert label_map.label_of({"key": "k0", "label": 0}) == 0
+    assert label_map.record_label({"key": "k0", "label": 1, "unknown_label": None}) == 1
+    assert label_map.record_label({"key": "k0", "label": 0}) == 0
     assert label_map.record_label(RawRecord("k1", "s", b"", None)) == -1
     with pytest.raises(ValueError, match=r"k2: label 'owl' is not one of the class names \(cat, dog\)"):
-        label_map(RawRecord("k2", "s", b"", None, unknown_label="owl"))
+        label_map.record_label(RawRecord("k2", "s", b"", None, unknown_label="owl"))
 
 
 def test_twenty_class_data_on_a_ten_class_model_is_refused_end_to_end(tmp_path):
@@ -120,4 +120,4 @@ def test_twenty_class_data_on_a_ten_class_model_is_refused_end_to_end(tmp_path):
     assert big, "seeded data has labels >= 10"
     with pytest.raises(ValueError, match=f"{big[0]['key']}: label {big[0]['label']} is not a class"):
         for row in rows:
-            label_map(row)
+            label_map.record_label(row)

@@ -1,0 +1,158 @@
+"""The command line as a user meets it: every bad invocation is one line, status 2, no traceback.
+
+Each case runs `python -m gfpipe.cli ...` in a subprocess (as a user's shell would) and checks:
+exit status 2, exactly one line on stderr, no traceback, the bad value named in that line.
+The cases run in parallel threads (each is its own process) to keep the suite short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import gfpipe
+from gfpipe.data.synthetic import SYNTH_PREPROCESSING, SynthConfig, write_dataset
+from gfpipe.model import GFNet, GFNetConfig, ModelCard
+
+
+def gfpipe_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gfpipe.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", **(env or {})},
+    )
+
+
+def tiny_checkpoint(path: Path, num_classes: int = 10, T: int = 3) -> GFNet:
+    torch.manual_seed(0)
+    names = tuple("0123456789ABCDEFGHIJ"[:num_classes])
+    card = ModelCard(class_names=names, preprocessing=SYNTH_PREPROCESSING)
+    model = GFNet(GFNetConfig(backbone="tiny", tiny_width=4, num_classes=num_classes, input_size=224,
+                              patch_size=96, T=T), card)
+    gfpipe.save_checkpoint(model, str(path))
+    return model
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A folder with a 10-class checkpoint, glyph data with 10 and with 20 classes, and a file."""
+    root = tmp_path_factory.mktemp("cli")
+    tiny_checkpoint(root / "model.pt")
+    write_dataset(str(root / "glyphs"), "val", 8, SynthConfig(seed=1), shard_size=8)
+    write_dataset(str(root / "letters"), "val", 8, SynthConfig(seed=1, classes="ABCDEFGHIJ"), shard_size=8)
+    write_dataset(str(root / "twenty"), "val", 8, SynthConfig(seed=1, classes="0123456789abcdefghij"), shard_size=8)
+    (root / "a-file").write_text("not a folder\n")
+    return root
+
+
+EVAL = ["evaluate", "--checkpoint", "model.pt", "--data", "glyphs/val", "--out", "eval"]
+
+# (arguments, text the one error line must contain)
+BAD_INVOCATIONS = [
+    (EVAL + ["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
+    (EVAL + ["--batch-size", "-3"], "--batch-size: must be >= 1, got -3"),
+    (EVAL + ["--batch-size", "lots"], "--batch-size: expected an integer, got 'lots'"),
+    (EVAL + ["--points", "0"], "--points: must be >= 2, got 0"),
+    (EVAL + ["--device", "cuda"], "--device 'cuda'"),
+    (EVAL + ["--device", "gpu"], "--device 'gpu'"),
+    (EVAL + ["--budget", "1.2g"], "1.2g"),
+    (EVAL + ["--budget", "1K"], "budget 0.001 MMACs is below the glance-only cost"),
+    (EVAL + ["--budget", "nan"], "nan"),
+    (EVAL + ["--storage-options", '{"anon": true}'], "every location here is local"),
+    (["evaluate", "--checkpoint", "model.pt", "--data", "s3://bucket/val", "--out", "eval",
+      "--storage-options", '{"endpoit_url": "http://x"}'], "did you mean 'endpoint_url'"),
+    (EVAL + ["--storage-options", "not json"], "--storage-options is not valid JSON"),
+    (EVAL + ["--storage-options", "[1]"], "must be a JSON object"),
+    (["evaluate", "--checkpoint", "missing.pt", "--data", "glyphs/val", "--out", "eval"], "missing.pt"),
+    (["evaluate", "--checkpoint", "model.pt", "--data", "nowhere/val", "--out", "eval"], "nowhere/val"),
+    (EVAL + ["--calibration", "no-calibration"], "no-calibration"),
+    (["evaluate", "--checkpoint", "model.pt", "--data", "glyphs/val", "--out", "a-file/eval"], "a-file"),
+    (["evaluate", "--checkpoint", "model.pt", "--data", "twenty/val", "--out", "eval"], "classes"),
+    (["evaluate", "--checkpoint", "model.pt", "--data", "letters/val", "--out", "eval"], "not among the model's 10"),
+    (EVAL + ["--arch", "resnet50"], "arch"),
+    (["evaluate", "--checkpoint", "model.pt"], "--data"),
+    (["costs", "--checkpoint", "model.pt", "--T", "5", "--patch-size", "64"], "--T 5 (the checkpoint has 3)"),
+    (["costs", "--arch", "resnet5"], "resnet5"),
+    (["costs", "--arch", "tiny", "--T", "0"], "--T: must be >= 1, got 0"),
+    (["synth", "--out", "new", "--image-size", "100000"], "--image-size: must be between 32 and 4096, got 100000"),
+    (["synth", "--out", "new", "--count", "0"], "--count: must be >= 1, got 0"),
+    (["synth", "--out", "new", "--format", "zip"], "'zip'"),
+    (["synth", "--out", "new", "--shift", "2"], "--shift: must be between -1 and 1, got 2"),
+    (["synth", "--out", "glyphs", "--split", "val", "--count", "4"], "--overwrite"),
+    (["synth", "--out", "s3://bucket/x", "--endpoint-url", "http://127.0.0.1:9", "--count", "1"], "127.0.0.1:9"),
+    (["nosuch"], "nosuch"),
+]
+
+
+@pytest.mark.slow
+def test_every_bad_invocation_is_one_line_with_status_2(workspace):
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda case: gfpipe_cli(*case[0], cwd=workspace), BAD_INVOCATIONS))
+    problems = []
+    for (args, named), result in zip(BAD_INVOCATIONS, results):
+        lines = result.stderr.strip().splitlines()
+        if result.returncode != 2 or len(lines) != 1 or "Traceback" in result.stderr or named not in result.stderr:
+            problems.append(f"gfpipe {' '.join(args)}\n  -> status {result.returncode}, stderr:\n{result.stderr}")
+    assert not problems, "\n".join(problems)
+    assert not (workspace / "eval").exists() or not any((workspace / "eval").iterdir())
+
+
+def test_help_shows_every_flag_with_a_help_line_and_its_default(workspace):
+    from gfpipe.cli import _parser
+    from gfpipe.commands import SUBCOMMANDS
+
+    checked = []
+    for name in SUBCOMMANDS:
+        parser = _parser(name)
+        sub = next(a for a in parser._actions if a.dest == "command").choices[name]
+        for action in sub._actions:
+            if action.dest in ("help",):
+                continue
+            assert action.help, f"gfpipe {name} {action.option_strings} has no help line"
+        text = re.sub(r"\s+", " ", sub.format_help())
+        for action in sub._actions:
+            if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+                continue
+            shown = f"(default: {action.default})" in text or "default" in action.help
+            assert shown, f"gfpipe {name} {action.option_strings[0]} hides its default"
+            checked.append(action.option_strings[0])
+    assert {"--batch-size", "--points", "--device", "--count", "--split"} <= set(checked)
+
+
+def test_verbose_works_before_and_after_the_subcommand(workspace):
+    for args in (["-v", "costs", "--arch", "tiny"], ["costs", "--arch", "tiny", "-v"]):
+        result = gfpipe_cli(*args, cwd=workspace)
+        assert result.returncode == 0, result.stderr
+    failed = gfpipe_cli("costs", "--arch", "resnet5", "-v", cwd=workspace)
+    assert failed.returncode == 2 and "Traceback" in failed.stderr  # -v adds the traceback
+
+
+def test_piping_into_head_is_not_an_error(workspace):
+    shell = f"{sys.executable} -m gfpipe.cli costs --arch resnet50 --T 5 | head -1"
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=workspace, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("resnet50"), result.stderr
+    assert "Error" not in result.stderr
+
+
+def test_synth_refuses_to_mix_datasets_and_overwrite_replaces(workspace, tmp_path):
+    out = str(tmp_path / "ds")
+    assert gfpipe_cli("synth", "--out", out, "--split", "test", "--count", "12", "--seed", "1",
+                      "--shard-size", "5", cwd=workspace).returncode == 0
+    second = gfpipe_cli("synth", "--out", out, "--split", "test", "--count", "4", "--seed", "2", cwd=workspace)
+    assert second.returncode == 2 and "--overwrite" in second.stderr
+    third = gfpipe_cli("synth", "--out", out, "--split", "test", "--count", "4", "--seed", "2",
+                       "--overwrite", cwd=workspace)
+    assert third.returncode == 0, third.stderr
+    from gfpipe.data import read_images
+
+    assert len(list(read_images(out + "/test"))) == 4
+    manifest = json.loads((tmp_path / "ds" / "test" / "_manifest.json").read_text())
+    assert manifest["count"] == 4 and manifest["shards"] == ["shard-000000.tar"]
