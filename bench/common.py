@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -23,10 +24,8 @@ def machine() -> dict:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
     for module in ("numpy", "PIL"):
-        try:
+        with contextlib.suppress(ImportError):
             info[module.lower().replace("pil", "pillow")] = __import__(module).__version__
-        except ImportError:
-            pass
     try:
         import torch
 

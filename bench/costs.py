@@ -19,7 +19,12 @@ from common import machine, write_results  # noqa: E402
 from gfpipe.budget.costs import measure_step_seconds, part_costs  # noqa: E402
 from gfpipe.model import GFNet, GFNetConfig, build_backbone  # noqa: E402
 
-CONFIGS = [("resnet50", 96, 5), ("resnet50", 128, 5), ("mobilenetv3_large_100", 96, 3), ("mobilenetv3_large_100", 128, 3)]
+CONFIGS = [
+    ("resnet50", 96, 5),
+    ("resnet50", 128, 5),
+    ("mobilenetv3_large_100", 96, 3),
+    ("mobilenetv3_large_100", 128, 3),
+]
 
 
 @torch.no_grad()
@@ -53,16 +58,34 @@ def main() -> None:
         model = GFNet(GFNetConfig(backbone=backbone, num_classes=1000, patch_size=patch, T=T)).eval()
         costs = part_costs(model).cumulative()
         seconds = measure_step_seconds(model, args.batch, warmup=1, repeats=args.repeats)
-        print(f"\n{backbone} p={patch} T={T} (batch {args.batch}); full-resolution {backbone} at 224: "
-              f"{full_macs / 1e9:.3f} GMACs, {full_sec * 1e3:.1f} ms/image")
+        print(
+            f"\n{backbone} p={patch} T={T} (batch {args.batch}); full-resolution {backbone} at 224: "
+            f"{full_macs / 1e9:.3f} GMACs, {full_sec * 1e3:.1f} ms/image"
+        )
         print(f"{'exit step':>9} {'GMACs':>8} {'MACs/full':>10} {'ms/image':>9} {'time/full':>10}")
         rows = []
-        for t, (c, s) in enumerate(zip(costs, seconds), 1):
-            rows.append({"step": t, "gmacs": c / 1e9, "macs_over_full": c / full_macs,
-                         "ms_per_image": s * 1e3, "time_over_full": s / full_sec})
+        for t, (c, s) in enumerate(zip(costs, seconds, strict=True), 1):
+            rows.append(
+                {
+                    "step": t,
+                    "gmacs": c / 1e9,
+                    "macs_over_full": c / full_macs,
+                    "ms_per_image": s * 1e3,
+                    "time_over_full": s / full_sec,
+                }
+            )
             print(f"{t:>9} {c / 1e9:>8.3f} {c / full_macs:>10.3f} {s * 1e3:>9.1f} {s / full_sec:>10.3f}")
-        results.append({"backbone": backbone, "patch_size": patch, "T": T, "batch": args.batch,
-                        "full_gmacs": full_macs / 1e9, "full_ms_per_image": full_sec * 1e3, "steps": rows})
+        results.append(
+            {
+                "backbone": backbone,
+                "patch_size": patch,
+                "T": T,
+                "batch": args.batch,
+                "full_gmacs": full_macs / 1e9,
+                "full_ms_per_image": full_sec * 1e3,
+                "steps": rows,
+            }
+        )
     path = write_results("costs", {"configs": results})
     print(f"\nwrote {path}")
 

@@ -20,8 +20,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ratio = round(main_rates["gfpipe"] / main_rates["bare_pillow"], 3)
     gain = round(draft_rates["draft"] / draft_rates["no_draft"], 2)
     print(
-        f"500x375 JPEG, images/s on one core: bare Pillow {main_rates['bare_pillow']}, gfpipe decode+preprocess {main_rates['gfpipe']}"
+        f"500x375 JPEG, images/s on one core: bare Pillow {main_rates['bare_pillow']}, "
+        f"gfpipe decode+preprocess {main_rates['gfpipe']}"
     )
     print(f"ratio gfpipe / bare = {ratio:.2f} (goal >= {GOAL_RATIO})")
     print(

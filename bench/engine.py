@@ -108,7 +108,7 @@ class Setup:
     def scores(self, x: torch.Tensor) -> np.ndarray:
         """Exit scores (N, T) of every step for every image: the solver's calibration input."""
         with self.autocast():
-            out = [exit_scores(self.model.anytime(x[i:i + self.batch])).T for i in range(0, len(x), self.batch)]
+            out = [exit_scores(self.model.anytime(x[i : i + self.batch])).T for i in range(0, len(x), self.batch)]
         return torch.cat(out).cpu().numpy()
 
     @torch.inference_mode()
@@ -117,17 +117,21 @@ class Setup:
         start = self.now()
         with self.autocast():
             for i in range(0, len(x), self.batch):
-                self.model.anytime(x[i:i + self.batch])
+                self.model.anytime(x[i : i + self.batch])
         return self.now() - start
 
     def engine(self, x: torch.Tensor, eta: np.ndarray) -> tuple[float, EarlyExitEngine]:
         """Seconds for the engine over every image, and the engine (its stats)."""
         engine = EarlyExitEngine(
-            self.model, eta, batch_size=self.batch, device=self.device,
-            autocast_dtype=self.autocast_dtype, channels_last=self.channels_last,
+            self.model,
+            eta,
+            batch_size=self.batch,
+            device=self.device,
+            autocast_dtype=self.autocast_dtype,
+            channels_last=self.channels_last,
         )
         start = self.now()
-        rows = sum(1 for _ in engine.run(batched(self.keys[:len(x)], x, self.batch)))
+        rows = sum(1 for _ in engine.run(batched(self.keys[: len(x)], x, self.batch)))
         elapsed = self.now() - start
         if rows != len(x):
             raise RuntimeError(f"the engine gave {rows} rows for {len(x)} images")
@@ -145,7 +149,7 @@ class Setup:
         with self.autocast():
             self.sync()
             for i in range(0, len(x) - self.batch + 1, self.batch):
-                xb = x[i:i + self.batch]
+                xb = x[i : i + self.batch]
                 mark = self._marker(cuda)
                 points = [mark()]
                 _, state = self.model.glance(xb)
@@ -201,15 +205,24 @@ def main() -> None:
     parser.add_argument("--T", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--budget-share", type=float, default=0.35,
-                        help="target mean cost as a share of the way from C_1 to C_T")
+    parser.add_argument(
+        "--budget-share", type=float, default=0.35, help="target mean cost as a share of the way from C_1 to C_T"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="rounds (baseline, steps, engine in each)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
-                        help="bf16/fp16: autocast on CUDA (the engine's autocast_dtype) for every side")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="fp32",
+        help="bf16/fp16: autocast on CUDA (the engine's autocast_dtype) for every side",
+    )
     parser.add_argument("--channels-last", action="store_true", help="channels_last model and images, every side")
-    parser.add_argument("--no-tune-allocator", dest="tune_allocator", action="store_false",
-                        help="leave glibc malloc's defaults (to measure what tune_allocator changes)")
+    parser.add_argument(
+        "--no-tune-allocator",
+        dest="tune_allocator",
+        action="store_false",
+        help="leave glibc malloc's defaults (to measure what tune_allocator changes)",
+    )
     parser.add_argument("--name", default="engine", help="results file bench/results/NAME.json")
     args = parser.parse_args()
     if args.tune_allocator:
@@ -233,8 +246,11 @@ def main() -> None:
         sides = ["baseline", "steps", "engine"] if r % 2 == 0 else ["engine", "steps", "baseline"]
         got, faults = {}, {}
         for side in sides:
-            run = {"baseline": lambda: s.baseline(s.x), "steps": lambda: s.steps(s.x),
-                   "engine": lambda: s.engine(s.x, eta)}[side]
+            run = {
+                "baseline": lambda: s.baseline(s.x),
+                "steps": lambda: s.steps(s.x),
+                "engine": lambda: s.engine(s.x, eta),
+            }[side]
             got[side], faults[side] = timed_faults(run)
         t_base, step_seconds = got["baseline"], got["steps"]
         t_engine, engine = got["engine"]
@@ -243,43 +259,59 @@ def main() -> None:
         predicted_engine = float(reaching @ np.array(step_seconds)) / args.batch
         predicted_base = n * sum(step_seconds) / args.batch
         theoretical = costs[-1] * n / float(exits @ costs)
-        rounds.append({
-            "order": sides,
-            "seconds_all_steps": t_base,
-            "seconds_engine": t_engine,
-            "seconds_engine_predicted": predicted_engine,
-            "seconds_all_steps_predicted": predicted_base,
-            "full_batch_step_seconds": step_seconds,
-            "theoretical_speedup": theoretical,
-            "realized_speedup": t_base / t_engine,
-            "realized_over_theoretical": t_base / t_engine / theoretical,
-            "batch_efficiency": predicted_engine / t_engine,
-            "overhead_free_realized_over_theoretical": t_base / predicted_engine / theoretical,
-            "prediction_over_baseline": predicted_base / t_base,
-            "minor_faults": faults,
-            "exits": exits.tolist(),
-            "calls": len(engine.stats.calls),
-            "partial_calls": sum(1 for _, size in engine.stats.calls if size != args.batch),
-        })
+        rounds.append(
+            {
+                "order": sides,
+                "seconds_all_steps": t_base,
+                "seconds_engine": t_engine,
+                "seconds_engine_predicted": predicted_engine,
+                "seconds_all_steps_predicted": predicted_base,
+                "full_batch_step_seconds": step_seconds,
+                "theoretical_speedup": theoretical,
+                "realized_speedup": t_base / t_engine,
+                "realized_over_theoretical": t_base / t_engine / theoretical,
+                "batch_efficiency": predicted_engine / t_engine,
+                "overhead_free_realized_over_theoretical": t_base / predicted_engine / theoretical,
+                "prediction_over_baseline": predicted_base / t_base,
+                "minor_faults": faults,
+                "exits": exits.tolist(),
+                "calls": len(engine.stats.calls),
+                "partial_calls": sum(1 for _, size in engine.stats.calls if size != args.batch),
+            }
+        )
         last = rounds[-1]
-        print(f"round {r + 1}/{args.repeats} ({', '.join(sides)}): all steps {t_base:.3f} s, engine "
-              f"{t_engine:.3f} s (predicted {predicted_engine:.3f} s), r/t {last['realized_over_theoretical']:.3f}, "
-              f"batch eff {last['batch_efficiency']:.3f}, pred/base {last['prediction_over_baseline']:.3f}, "
-              f"minor faults {faults}", flush=True)
+        print(
+            f"round {r + 1}/{args.repeats} ({', '.join(sides)}): all steps {t_base:.3f} s, engine "
+            f"{t_engine:.3f} s (predicted {predicted_engine:.3f} s), r/t {last['realized_over_theoretical']:.3f}, "
+            f"batch eff {last['batch_efficiency']:.3f}, pred/base {last['prediction_over_baseline']:.3f}, "
+            f"minor faults {faults}",
+            flush=True,
+        )
 
-    per_round = {key: spread([r[key] for r in rounds]) for key in (
-        "realized_over_theoretical", "batch_efficiency", "overhead_free_realized_over_theoretical",
-        "prediction_over_baseline", "realized_speedup", "theoretical_speedup",
-        "seconds_all_steps", "seconds_engine", "seconds_engine_predicted")}
+    per_round = {
+        key: spread([r[key] for r in rounds])
+        for key in (
+            "realized_over_theoretical",
+            "batch_efficiency",
+            "overhead_free_realized_over_theoretical",
+            "prediction_over_baseline",
+            "realized_speedup",
+            "theoretical_speedup",
+            "seconds_all_steps",
+            "seconds_engine",
+            "seconds_engine_predicted",
+        )
+    }
     exits = rounds[-1]["exits"]
     macs_engine = float(np.array(exits) @ costs)
     figures = {
         **{key: value["median"] for key, value in per_round.items()},
         "spread": {key: [value["min"], value["max"]] for key, value in per_round.items()},
         "method": "median of per-round ratios over interleaved rounds (baseline, steps, engine; order "
-                  "alternating), spread = min-max over rounds",
-        "full_batch_step_seconds": [statistics.median(r["full_batch_step_seconds"][t] for r in rounds)
-                                    for t in range(s.T)],
+        "alternating), spread = min-max over rounds",
+        "full_batch_step_seconds": [
+            statistics.median(r["full_batch_step_seconds"][t] for r in rounds) for t in range(s.T)
+        ],
         "macs_all_steps": float(costs[-1] * n),
         "macs_engine": macs_engine,
         "mean_macs_target": float(target),
@@ -287,23 +319,39 @@ def main() -> None:
         "exits": exits,
         "calls": rounds[-1]["calls"],
         "partial_calls": rounds[-1]["partial_calls"],
-        "minor_faults_per_run": {side: statistics.median(r["minor_faults"][side] for r in rounds)
-                                 for side in ("baseline", "steps", "engine")},
+        "minor_faults_per_run": {
+            side: statistics.median(r["minor_faults"][side] for r in rounds) for side in ("baseline", "steps", "engine")
+        },
         "allocator": allocator,
         "rounds": rounds,
-        "config": {"arch": args.arch, "patch": args.patch, "T": args.T, "batch": args.batch,
-                   "images": args.images, "budget_share": args.budget_share, "repeats": args.repeats,
-                   "device": str(s.device), "dtype": args.dtype, "channels_last": args.channels_last},
+        "config": {
+            "arch": args.arch,
+            "patch": args.patch,
+            "T": args.T,
+            "batch": args.batch,
+            "images": args.images,
+            "budget_share": args.budget_share,
+            "repeats": args.repeats,
+            "device": str(s.device),
+            "dtype": args.dtype,
+            "channels_last": args.channels_last,
+        },
     }
     print(f"machine: {machine()}")
     layout = ", channels_last" if args.channels_last else ""
-    print(f"{args.arch} p={args.patch} T={args.T} batch {args.batch}, {n} images on {s.device} ({args.dtype}{layout}), "
-          f"exits per step {exits}, allocator {figures['allocator']}")
+    print(
+        f"{args.arch} p={args.patch} T={args.T} batch {args.batch}, {n} images on {s.device} ({args.dtype}{layout}), "
+        f"exits per step {exits}, allocator {figures['allocator']}"
+    )
     print(f"median [min-max] over {args.repeats} rounds:")
-    print(f"  all T steps {fmt(per_round['seconds_all_steps'], 2)} s   engine {fmt(per_round['seconds_engine'], 2)} s"
-          f"   predicted engine {fmt(per_round['seconds_engine_predicted'], 2)} s")
-    print(f"  MACs ratio (theoretical speedup) {fmt(per_round['theoretical_speedup'])}   "
-          f"realized speedup {fmt(per_round['realized_speedup'])}")
+    print(
+        f"  all T steps {fmt(per_round['seconds_all_steps'], 2)} s   engine {fmt(per_round['seconds_engine'], 2)} s"
+        f"   predicted engine {fmt(per_round['seconds_engine_predicted'], 2)} s"
+    )
+    print(
+        f"  MACs ratio (theoretical speedup) {fmt(per_round['theoretical_speedup'])}   "
+        f"realized speedup {fmt(per_round['realized_speedup'])}"
+    )
     print(f"  realized / theoretical        {fmt(per_round['realized_over_theoretical'])} (goal >= 0.9)")
     print(f"  overhead-free r/t             {fmt(per_round['overhead_free_realized_over_theoretical'])}")
     print(f"  batch efficiency              {fmt(per_round['batch_efficiency'])} (goal >= 0.95)")

@@ -108,9 +108,7 @@ def train(x: np.ndarray, y: np.ndarray, classes: int, epochs: int, seed: int) ->
 @torch.no_grad()
 def accuracy(model: SmallCNN, x: np.ndarray, y: np.ndarray, small: np.ndarray) -> dict[str, float]:
     model.eval()
-    pred = torch.cat(
-        [model(torch.from_numpy(x[i : i + 256])).argmax(1) for i in range(0, len(x), 256)]
-    ).numpy()
+    pred = torch.cat([model(torch.from_numpy(x[i : i + 256])).argmax(1) for i in range(0, len(x), 256)]).numpy()
     hit = pred == y
     return {
         "all": round(float(hit.mean()), 4),
@@ -174,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": args.epochs,
             "glance": f"224 -> {GLANCE} bilinear",
             "oracle": f"{PATCH} x {PATCH} full-resolution crop centred on the target bbox",
-            "model": "SmallCNN width 24 (space-to-depth stem, 4 conv blocks, max+avg pool), AdamW one-cycle 3e-3, batch 64",
+            "model": "SmallCNN width 24 (space-to-depth stem, 4 conv blocks, max+avg pool), "
+            "AdamW one-cycle 3e-3, batch 64",
             "synth_config": {k: v for k, v in vars(config).items()},
         },
         "seconds": {"data": round(data_s, 1), **timings},

@@ -76,10 +76,11 @@ def main() -> None:
     seconds_1m_msdnet, eta_msdnet = timed(lambda: msdnet(big, TARGET), args.repeats)
     sim = simulate(big, solution.thresholds, COSTS)
     ratio_solve_1m, ratio_msdnet_1m = sim.mean_cost / TARGET, ratio(big, eta_msdnet, TARGET)
-    print(f"N=1,000,000 T=5 target {TARGET / 1e9:.2f} GMACs: solve_thresholds {seconds_1m:.3f} s (goal < 2 s; "
-          f"exit_fractions + MSDNet rule {seconds_1m_msdnet:.3f} s); exits {sim.counts.tolist()}")
-    print(f"  realized / target on the calibration data: solve {ratio_solve_1m:.7f}, MSDNet rule "
-          f"{ratio_msdnet_1m:.7f}")
+    print(
+        f"N=1,000,000 T=5 target {TARGET / 1e9:.2f} GMACs: solve_thresholds {seconds_1m:.3f} s (goal < 2 s; "
+        f"exit_fractions + MSDNet rule {seconds_1m_msdnet:.3f} s); exits {sim.counts.tolist()}"
+    )
+    print(f"  realized / target on the calibration data: solve {ratio_solve_1m:.7f}, MSDNet rule {ratio_msdnet_1m:.7f}")
 
     sweep = {}
     for n in (256, 1000, 5000):
@@ -87,9 +88,11 @@ def main() -> None:
         old = [ratio(s, msdnet(s, t), t) for t in SWEEP]
         new = [solve_thresholds(COSTS, s, t).ratio for t in SWEEP]
         sweep[n] = {"msdnet": (min(old), max(old)), "solve": (min(new), max(new))}
-        print(f"N={n}: realized / target over {SWEEP.size} targets from {SWEEP[0] / 1e9:.2f} to "
-              f"{SWEEP[-1] / 1e9:.2f} GMACs: MSDNet rule {min(old):.4f}..{max(old):.4f}, "
-              f"solve {min(new):.4f}..{max(new):.4f}")
+        print(
+            f"N={n}: realized / target over {SWEEP.size} targets from {SWEEP[0] / 1e9:.2f} to "
+            f"{SWEEP[-1] / 1e9:.2f} GMACs: MSDNet rule {min(old):.4f}..{max(old):.4f}, "
+            f"solve {min(new):.4f}..{max(new):.4f}"
+        )
 
     small = scores(50_000, COSTS.size, seed=1)
     q = exit_fractions(COSTS, TARGET)
@@ -101,9 +104,11 @@ def main() -> None:
         pairs.append((ref_s / fast_s, fast_s, ref_s))
     pairs.sort()
     speedup, fast_s, ref_s = pairs[len(pairs) // 2]
-    print(f"N=50,000: vectorised MSDNet rule {fast_s * 1e3:.2f} ms, per-sample reference {ref_s * 1e3:.0f} ms: "
-          f"{speedup:.0f}x (spread {pairs[0][0]:.0f}x..{pairs[-1][0]:.0f}x over {len(pairs)} pairs; "
-          f"goal >= 100x), identical output: {identical}")
+    print(
+        f"N=50,000: vectorised MSDNet rule {fast_s * 1e3:.2f} ms, per-sample reference {ref_s * 1e3:.0f} ms: "
+        f"{speedup:.0f}x (spread {pairs[0][0]:.0f}x..{pairs[-1][0]:.0f}x over {len(pairs)} pairs; "
+        f"goal >= 100x), identical output: {identical}"
+    )
 
     figures = {
         "seconds_1m": seconds_1m,

@@ -16,7 +16,8 @@ import datetime
 import io
 import logging
 import os
-from typing import Any, BinaryIO, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -76,7 +77,7 @@ def save_checkpoint(
         return
     path = os.fspath(dest)
     if path.startswith("file://"):
-        path = path[len("file://"):]
+        path = path[len("file://") :]
     if "://" in path:
         from gfpipe.data.io import open_file  # storage only when a remote URI is asked for
 
@@ -140,7 +141,7 @@ def _read(source: Any, storage_options: Mapping[str, Any] | None) -> Any:
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if path.startswith("file://"):
-            path = path[len("file://"):]
+            path = path[len("file://") :]
         if "://" in path:
             # Remote URIs go through the storage layer; imported here so the model core stays
             # free of fsspec unless a remote checkpoint is actually asked for.
@@ -211,7 +212,11 @@ def _load_state(model: GFNet, state: Mapping[str, Tensor], name: Any) -> None:
         if k in state and (not isinstance(state[k], Tensor) or state[k].shape != want[k].shape)
     ]
     problems = []
-    for label, items in (("missing tensors", missing), ("unexpected tensors", extra), ("mis-shaped tensors", misshaped)):
+    for label, items in (
+        ("missing tensors", missing),
+        ("unexpected tensors", extra),
+        ("mis-shaped tensors", misshaped),
+    ):
         if items:
             shown = ", ".join(items[:6]) + (f" and {len(items) - 6} more" if len(items) > 6 else "")
             problems.append(f"{label}: {shown}")
@@ -233,7 +238,7 @@ def _class_names(value: Any) -> list[str]:
 
 
 def _strip_module(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
 def _official_value(raw: dict, key: str, override: Any, what: str, name: Any) -> Any:
@@ -260,7 +265,9 @@ def _import_official(
 ) -> GFNet:
     arch = _official_value(raw, "model_name", arch, "arch", name)
     if arch not in OFFICIAL_ARCHS:
-        raise CheckpointError(f"{name}: official arch {arch!r} is not supported; supported: {', '.join(OFFICIAL_ARCHS)}")
+        raise CheckpointError(
+            f"{name}: official arch {arch!r} is not supported; supported: {', '.join(OFFICIAL_ARCHS)}"
+        )
     patch_size = int(_official_value(raw, "patch_size", patch_size, "patch_size", name))
     flops = raw.get("flops")
     T = int(_official_value({"T": len(flops)} if flops else {}, "T", T, "T", name))
@@ -279,8 +286,13 @@ def _import_official(
         raise CheckpointError(f"{name}: the official cascade classifier has fc_2..fc_5, so T <= 5; got T={T}")
     names = _class_names(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     config = GFNetConfig(
-        backbone=arch, num_classes=num_classes, input_size=224, patch_size=patch_size, T=T,
-        classifier_hidden=classifier_hidden or None, policy_hidden=policy_hidden,
+        backbone=arch,
+        num_classes=num_classes,
+        input_size=224,
+        patch_size=patch_size,
+        T=T,
+        classifier_hidden=classifier_hidden or None,
+        policy_hidden=policy_hidden,
         glance_interpolation="bicubic",
     )
     card = ModelCard(

@@ -39,15 +39,18 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser(selected: str | None) -> argparse.ArgumentParser:
     verbose = argparse.ArgumentParser(add_help=False)
-    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                         help="debug logging, and tracebacks with errors")
-    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0], parents=[verbose],
-                     formatter_class=_HelpFormatter)
+    verbose.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="debug logging, and tracebacks with errors",
+    )
+    parser = _Parser(prog=PROG, description=__doc__.splitlines()[0], parents=[verbose], formatter_class=_HelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, (module, summary) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=summary, description=summary,
-                           parents=[verbose], formatter_class=_HelpFormatter)
+        p = sub.add_parser(name, help=summary, description=summary, parents=[verbose], formatter_class=_HelpFormatter)
         if name == selected:
             importlib.import_module(module).add_arguments(p)
     return parser

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import yaml
 
@@ -37,13 +38,10 @@ class Preprocessing:
 
     def __post_init__(self) -> None:
         if self.crop <= 0 or self.resize < self.crop:
-            raise ConfigError(
-                f"preprocessing needs 0 < crop <= resize, got crop={self.crop} resize={self.resize}"
-            )
+            raise ConfigError(f"preprocessing needs 0 < crop <= resize, got crop={self.crop} resize={self.resize}")
         if self.interpolation not in ("nearest", "bilinear", "bicubic", "lanczos"):
             raise ConfigError(
-                f"preprocessing.interpolation {self.interpolation!r} is not one of "
-                "nearest, bilinear, bicubic, lanczos"
+                f"preprocessing.interpolation {self.interpolation!r} is not one of nearest, bilinear, bicubic, lanczos"
             )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("preprocessing.mean and .std need 3 values each, std > 0")
@@ -70,8 +68,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     if unknown:
         prefix = f"{where}." if where else ""
         raise ConfigError(
-            f"unknown config key {', '.join(prefix + k for k in unknown)}; "
-            f"known keys: {', '.join(sorted(fields))}"
+            f"unknown config key {', '.join(prefix + k for k in unknown)}; known keys: {', '.join(sorted(fields))}"
         )
     hints = typing.get_type_hints(cls)
     kwargs = {}

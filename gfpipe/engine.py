@@ -29,8 +29,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,12 +99,12 @@ class _Chunk:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def select(self, idx: np.ndarray, device: torch.device) -> "_Chunk":
+    def select(self, idx: np.ndarray, device: torch.device) -> _Chunk:
         state = None if self.state is None else self.state.index(torch.from_numpy(idx).to(device))
         return _Chunk([self.keys[i] for i in idx], self.slots[idx], state, self.shadow[idx], self.scores[idx])
 
     @staticmethod
-    def cat(chunks: list["_Chunk"]) -> "_Chunk":
+    def cat(chunks: list[_Chunk]) -> _Chunk:
         if len(chunks) == 1:
             return chunks[0]
         return _Chunk(
@@ -246,7 +247,8 @@ class EarlyExitEngine:
                     continue
             slots = store.put(images)
             shadow = (
-                np.zeros(len(keys), bool) if self.controller is None
+                np.zeros(len(keys), bool)
+                if self.controller is None
                 else np.asarray(self.controller.admit(keys), bool)  # counts them in flight, too
             )
             pools[0].add(_Chunk(keys, slots, None, shadow, np.zeros((len(keys), 0), np.float32)))
@@ -331,8 +333,16 @@ class EarlyExitEngine:
             pools[step].add(after.select(stay_idx, self.device))
             self.stats.max_waiting = max(self.stats.max_waiting, pools[step].size)
 
-    def _rows(self, chunk: _Chunk, step: int, idx: np.ndarray, failed: np.ndarray, top_probs: Tensor,
-              top_labels: Tensor, state: GFState) -> Iterator[dict[str, Any]]:
+    def _rows(
+        self,
+        chunk: _Chunk,
+        step: int,
+        idx: np.ndarray,
+        failed: np.ndarray,
+        top_probs: Tensor,
+        top_labels: Tensor,
+        state: GFState,
+    ) -> Iterator[dict[str, Any]]:
         index = torch.from_numpy(idx).to(top_probs.device)
         probs = top_probs.index_select(0, index).cpu().tolist()
         labels = top_labels.index_select(0, index).cpu().tolist()
@@ -347,8 +357,13 @@ class EarlyExitEngine:
         self.stats.macs += macs * n
         for j, i in enumerate(idx):
             if failed[j]:
-                yield _error_row(chunk.keys[i], step, macs, glimpses[j],
-                                 f"model output is not finite at step {step} (NaN or Inf logits)")
+                yield _error_row(
+                    chunk.keys[i],
+                    step,
+                    macs,
+                    glimpses[j],
+                    f"model output is not finite at step {step} (NaN or Inf logits)",
+                )
                 continue
             yield {
                 "key": chunk.keys[i],
@@ -401,4 +416,4 @@ def _error_row(key: Hashable, step: int, macs: float, glimpses: list, error: str
 def batched(keys: Sequence[Hashable], images: Tensor, size: int) -> Iterator[tuple[list[Hashable], Tensor]]:
     """Split one keyed tensor into (keys, images) batches of `size`: input for `EarlyExitEngine.run`."""
     for start in range(0, len(keys), size):
-        yield list(keys[start:start + size]), images[start:start + size]
+        yield list(keys[start : start + size]), images[start : start + size]

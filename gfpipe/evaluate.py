@@ -16,8 +16,9 @@ from __future__ import annotations
 import collections
 import io
 import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,8 +60,11 @@ class ErrorTally:
         return f"{self.total} could not be used: {shown}{more}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"total": self.total, "by_reason": dict(self.counts.most_common()),
-                "examples": [{"key": k, "error": e} for k, e in self.examples]}
+        return {
+            "total": self.total,
+            "by_reason": dict(self.counts.most_common()),
+            "examples": [{"key": k, "error": e} for k, e in self.examples],
+        }
 
 
 @dataclass
@@ -78,8 +82,9 @@ class AnytimeOutputs:
         return self.labels >= 0
 
 
-def _batches(records: Iterable[Mapping[str, Any]], model: GFNet, batch_size: int, label_of: LabelFn,
-             errors: ErrorTally) -> Iterator[tuple[list[str], torch.Tensor, list[int]]]:
+def _batches(
+    records: Iterable[Mapping[str, Any]], model: GFNet, batch_size: int, label_of: LabelFn, errors: ErrorTally
+) -> Iterator[tuple[list[str], torch.Tensor, list[int]]]:
     from gfpipe.data.decode import preprocess
 
     prep = model.card.preprocessing
@@ -134,8 +139,8 @@ def anytime_outputs(
             errors.add(batch_keys[i], "model output is not finite (NaN or Inf logits)")
         scores.append(score[ok])
         preds.append(pred[ok])
-        keys += [k for k, good in zip(batch_keys, ok) if good]
-        labels += [lab for lab, good in zip(batch_labels, ok) if good]
+        keys += [k for k, good in zip(batch_keys, ok, strict=True) if good]
+        labels += [lab for lab, good in zip(batch_labels, ok, strict=True) if good]
         if progress is not None:
             read = len(keys) + errors.total
             progress.update(read - seen)
@@ -160,8 +165,14 @@ def _accuracy(outputs: AnytimeOutputs, exit_steps: np.ndarray) -> float | None:
     return float((chosen[labelled] == outputs.labels[labelled]).mean())
 
 
-def _at_target(costs: np.ndarray, calibration: np.ndarray, outputs: AnytimeOutputs, target: float,
-               unit: str = "MACs", macs: np.ndarray | None = None) -> dict[str, Any]:
+def _at_target(
+    costs: np.ndarray,
+    calibration: np.ndarray,
+    outputs: AnytimeOutputs,
+    target: float,
+    unit: str = "MACs",
+    macs: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Thresholds solved for `target` on the calibration scores, applied to the evaluation data."""
     solution = solve_thresholds(costs, calibration, target, unit=unit)
     sim = simulate(outputs.scores, solution.thresholds, costs if macs is None else macs)
@@ -173,23 +184,39 @@ def _at_target(costs: np.ndarray, calibration: np.ndarray, outputs: AnytimeOutpu
     }
 
 
-def budget_sweep(costs: list[float], calibration: np.ndarray, outputs: AnytimeOutputs,
-                 points: int = 20) -> list[dict[str, Any]]:
+def budget_sweep(
+    costs: list[float], calibration: np.ndarray, outputs: AnytimeOutputs, points: int = 20
+) -> list[dict[str, Any]]:
     """Accuracy and exits at `points` budgets spread from the glance-only to the all-T cost."""
     c = np.asarray(costs, np.float64)
-    return [{"target_macs": float(target), **_at_target(c, calibration, outputs, float(target))}
-            for target in np.linspace(c[0], c[-1], points)]
+    return [
+        {"target_macs": float(target), **_at_target(c, calibration, outputs, float(target))}
+        for target in np.linspace(c[0], c[-1], points)
+    ]
 
 
-def at_budget(budget: Budget, model: GFNet, calibration: np.ndarray, outputs: AnytimeOutputs,
-              batch_size: int, device: torch.device | str) -> dict[str, Any]:
+def at_budget(
+    budget: Budget,
+    model: GFNet,
+    calibration: np.ndarray,
+    outputs: AnytimeOutputs,
+    batch_size: int,
+    device: torch.device | str,
+) -> dict[str, Any]:
     """Thresholds, exits, cost and accuracy at one user budget (mean, total or wall-clock)."""
     costs = np.asarray(step_costs(model), np.float64)
     step_seconds = measure_step_seconds(model, batch_size, device) if budget.kind == "time" else None
     resolved = budget.resolve(costs, step_seconds=step_seconds, num_images=len(outputs.keys))
     result = _at_target(resolved.costs, calibration, outputs, resolved.target, resolved.unit, macs=costs)
-    return {"budget": str(budget), "message": resolved.message, "clamped": resolved.clamped,
-            "unit": resolved.unit, "target": resolved.target, "step_seconds": step_seconds, **result}
+    return {
+        "budget": str(budget),
+        "message": resolved.message,
+        "clamped": resolved.clamped,
+        "unit": resolved.unit,
+        "target": resolved.target,
+        "step_seconds": step_seconds,
+        **result,
+    }
 
 
 def calibration_scores(model: GFNet) -> np.ndarray | None:
@@ -262,11 +289,20 @@ def plot_png(result: Mapping[str, Any], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 4))
     scale, unit = (1e9, "GMACs") if result["step_macs"][-1] >= 1e8 else (1e6, "MMACs")
     budgeted = [r for r in result["budgeted"] if r["accuracy"] is not None]
-    ax.plot([r["mean_macs"] / scale for r in budgeted], [100 * r["accuracy"] for r in budgeted],
-            "-o", ms=3, label="budgeted (early exit)")
+    ax.plot(
+        [r["mean_macs"] / scale for r in budgeted],
+        [100 * r["accuracy"] for r in budgeted],
+        "-o",
+        ms=3,
+        label="budgeted (early exit)",
+    )
     if result["anytime_accuracy"]:
-        ax.plot([c / scale for c in result["step_macs"]], [100 * a for a in result["anytime_accuracy"]],
-                "s--", label="anytime (all images, step t)")
+        ax.plot(
+            [c / scale for c in result["step_macs"]],
+            [100 * a for a in result["anytime_accuracy"]],
+            "s--",
+            label="anytime (all images, step t)",
+        )
     ax.set_xlabel(f"mean {unit} per image")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
@@ -279,8 +315,9 @@ def plot_png(result: Mapping[str, Any], title: str) -> bytes:
     return buffer.getvalue()
 
 
-def save_outputs(result: Mapping[str, Any], out: str, title: str,
-                 storage_options: Mapping[str, Any] | None = None) -> list[str]:
+def save_outputs(
+    result: Mapping[str, Any], out: str, title: str, storage_options: Mapping[str, Any] | None = None
+) -> list[str]:
     """Write OUT/evaluate.json (strict JSON) and OUT/accuracy_vs_macs.png to any URI; returns them."""
     from gfpipe.data.io import join_uri, write_bytes, write_json
 

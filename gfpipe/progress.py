@@ -20,8 +20,9 @@ log = logging.getLogger(__name__)
 class Progress:
     """Counts work items; `update(n)` after each chunk, `close()` at the end (or use `with`)."""
 
-    def __init__(self, what: str, total: int | None = None, unit: str = "images", interval: float = 10.0,
-                 bar: bool | None = None) -> None:
+    def __init__(
+        self, what: str, total: int | None = None, unit: str = "images", interval: float = 10.0, bar: bool | None = None
+    ) -> None:
         self.what = what
         self.total = total
         self.unit = unit
@@ -36,7 +37,7 @@ class Progress:
 
             self._bar = tqdm(total=total, desc=what, unit=f" {unit}", file=sys.stderr, dynamic_ncols=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: Any) -> None:

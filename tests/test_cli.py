@@ -26,7 +26,11 @@ from gfpipe.model import GFNet, GFNetConfig, ModelCard
 
 def gfpipe_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "gfpipe.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "gfpipe.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", **(env or {})},
     )
 
@@ -35,8 +39,9 @@ def tiny_checkpoint(path: Path, num_classes: int = 10, T: int = 3) -> GFNet:
     torch.manual_seed(0)
     names = tuple("0123456789ABCDEFGHIJ"[:num_classes])
     card = ModelCard(class_names=names, preprocessing=SYNTH_PREPROCESSING)
-    model = GFNet(GFNetConfig(backbone="tiny", tiny_width=4, num_classes=num_classes, input_size=224,
-                              patch_size=96, T=T), card)
+    model = GFNet(
+        GFNetConfig(backbone="tiny", tiny_width=4, num_classes=num_classes, input_size=224, patch_size=96, T=T), card
+    )
     gfpipe.save_checkpoint(model, str(path))
     return model
 
@@ -67,8 +72,20 @@ BAD_INVOCATIONS = [
     (EVAL + ["--budget", "1K"], "budget 0.001 MMACs is below the glance-only cost"),
     (EVAL + ["--budget", "nan"], "nan"),
     (EVAL + ["--storage-options", '{"anon": true}'], "every location here is local"),
-    (["evaluate", "--checkpoint", "model.pt", "--data", "s3://bucket/val", "--out", "eval",
-      "--storage-options", '{"endpoit_url": "http://x"}'], "did you mean 'endpoint_url'"),
+    (
+        [
+            "evaluate",
+            "--checkpoint",
+            "model.pt",
+            "--data",
+            "s3://bucket/val",
+            "--out",
+            "eval",
+            "--storage-options",
+            '{"endpoit_url": "http://x"}',
+        ],
+        "did you mean 'endpoint_url'",
+    ),
     (EVAL + ["--storage-options", "not json"], "--storage-options is not valid JSON"),
     (EVAL + ["--storage-options", "[1]"], "must be a JSON object"),
     (["evaluate", "--checkpoint", "missing.pt", "--data", "glyphs/val", "--out", "eval"], "missing.pt"),
@@ -97,7 +114,7 @@ def test_every_bad_invocation_is_one_line_with_status_2(workspace):
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda case: gfpipe_cli(*case[0], cwd=workspace), BAD_INVOCATIONS))
     problems = []
-    for (args, named), result in zip(BAD_INVOCATIONS, results):
+    for (args, named), result in zip(BAD_INVOCATIONS, results, strict=True):
         lines = result.stderr.strip().splitlines()
         if result.returncode != 2 or len(lines) != 1 or "Traceback" in result.stderr or named not in result.stderr:
             problems.append(f"gfpipe {' '.join(args)}\n  -> status {result.returncode}, stderr:\n{result.stderr}")
@@ -144,12 +161,17 @@ def test_piping_into_head_is_not_an_error(workspace):
 
 def test_synth_refuses_to_mix_datasets_and_overwrite_replaces(workspace, tmp_path):
     out = str(tmp_path / "ds")
-    assert gfpipe_cli("synth", "--out", out, "--split", "test", "--count", "12", "--seed", "1",
-                      "--shard-size", "5", cwd=workspace).returncode == 0
+    assert (
+        gfpipe_cli(
+            "synth", "--out", out, "--split", "test", "--count", "12", "--seed", "1", "--shard-size", "5", cwd=workspace
+        ).returncode
+        == 0
+    )
     second = gfpipe_cli("synth", "--out", out, "--split", "test", "--count", "4", "--seed", "2", cwd=workspace)
     assert second.returncode == 2 and "--overwrite" in second.stderr
-    third = gfpipe_cli("synth", "--out", out, "--split", "test", "--count", "4", "--seed", "2",
-                       "--overwrite", cwd=workspace)
+    third = gfpipe_cli(
+        "synth", "--out", out, "--split", "test", "--count", "4", "--seed", "2", "--overwrite", cwd=workspace
+    )
     assert third.returncode == 0, third.stderr
     from gfpipe.data import read_images
 

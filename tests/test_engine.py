@@ -21,8 +21,17 @@ SIZE, PATCH = 64, 32
 
 def tiny_model(classifier: str = "gru", width: int = 4) -> GFNet:
     torch.manual_seed(0)
-    model = GFNet(GFNetConfig(backbone="tiny", tiny_width=width, num_classes=6, input_size=SIZE,
-                              patch_size=PATCH, T=T, classifier=classifier)).eval()
+    model = GFNet(
+        GFNetConfig(
+            backbone="tiny",
+            tiny_width=width,
+            num_classes=6,
+            input_size=SIZE,
+            patch_size=PATCH,
+            T=T,
+            classifier=classifier,
+        )
+    ).eval()
     head = model.classifier.fc if classifier == "gru" else model.classifier.fc_1
     torch.nn.init.normal_(head.weight, 0, 1.0)  # confidences that vary per image
     torch.nn.init.normal_(model.policy.actor[0].weight, 0, 3.0)  # locations that vary per image
@@ -51,9 +60,16 @@ def reference_rows(model: GFNet, x: torch.Tensor, eta: np.ndarray, top_k: int = 
         top_p, top_l = probs[t - 1, i].topk(top_k)
         corners = patch_corners(actions[: t - 1, i], cfg.input_size, cfg.patch_size)  # (t-1, 2)
         rows[key] = {
-            "key": key, "label": int(top_l[0]), "label_name": model.class_names[int(top_l[0])],
-            "confidence": float(top_p[0]), "topk_labels": top_l.tolist(), "topk_probs": top_p.tolist(),
-            "exit_step": t, "macs": costs[t - 1], "glimpses": corners.tolist(), "error": None,
+            "key": key,
+            "label": int(top_l[0]),
+            "label_name": model.class_names[int(top_l[0])],
+            "confidence": float(top_p[0]),
+            "topk_labels": top_l.tolist(),
+            "topk_probs": top_p.tolist(),
+            "exit_step": t,
+            "macs": costs[t - 1],
+            "glimpses": corners.tolist(),
+            "error": None,
         }
     return rows
 
@@ -87,7 +103,7 @@ def mixed_batches(x: torch.Tensor, sizes: list[int]):
     keys = keys_of(len(x))
     start = 0
     for size in sizes:
-        yield keys[start:start + size], x[start:start + size]
+        yield keys[start : start + size], x[start : start + size]
         start += size
     assert start == len(x)
 
@@ -179,7 +195,7 @@ def test_rows_leave_as_soon_as_they_exit_and_hard_ones_wait():
     """Images confident at the glance are yielded before the next input batch is read; the
     others wait for a full focus batch."""
     model = tiny_model()
-    batches = [(keys_of(12)[b * 4:(b + 1) * 4], images(4, seed=10 + b)) for b in range(3)]
+    batches = [(keys_of(12)[b * 4 : (b + 1) * 4], images(4, seed=10 + b)) for b in range(3)]
     all_x = torch.cat([x for _, x in batches])
     first_scores = exit_scores(model.anytime(all_x[:4]))[0]  # glance scores of batch 0
     eta = np.full(T, np.inf)

@@ -39,8 +39,24 @@ def test_evaluate_writes_table_json_and_plot(tmp_path, capsys):
     write_dataset(str(tmp_path / "data"), "val", 48, SynthConfig(seed=1), formats=("wds",), shard_size=20)
     model = tiny_checkpoint(tmp_path / "m.pt")
     out = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(tmp_path / "data" / "val"),
-                 "--out", str(out), "--batch-size", "16", "--points", "5"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "m.pt"),
+                "--data",
+                str(tmp_path / "data" / "val"),
+                "--out",
+                str(out),
+                "--batch-size",
+                "16",
+                "--points",
+                "5",
+            ]
+        )
+        == 0
+    )
     result = strict_json((out / "evaluate.json").read_text())
     assert (out / "accuracy_vs_macs.png").stat().st_size > 1000
     assert result["images"] == result["labelled"] == 48 and result["errors"]["total"] == 0
@@ -71,8 +87,22 @@ def test_thresholds_come_from_checkpoint_calibration_when_present(tmp_path, stor
     values = torch.rand(200, 3) if stored == "confidences" else torch.randn(200, 3) * 3
     tiny_checkpoint(tmp_path / "m.pt", {stored: values})
     out = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(tmp_path / "data" / "test"),
-                 "--out", str(out), "--points", "3"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "m.pt"),
+                "--data",
+                str(tmp_path / "data" / "test"),
+                "--out",
+                str(out),
+                "--points",
+                "3",
+            ]
+        )
+        == 0
+    )
     result = strict_json((out / "evaluate.json").read_text())
     assert result["threshold_source"] == "checkpoint calibration"
     middle = result["budgeted"][1]
@@ -86,9 +116,26 @@ def test_evaluate_writes_to_s3_and_nowhere_else(tmp_path, s3_server, monkeypatch
     tiny_checkpoint(tmp_path / "m.pt")
     bucket = s3_server.make_bucket("eval")
     monkeypatch.chdir(tmp_path)
-    assert main(["evaluate", "--checkpoint", "m.pt", "--data", "data/val", "--out", f"s3://{bucket}/run1",
-                 "--points", "3", "--endpoint-url", s3_server.endpoint_url,
-                 "--storage-options", json.dumps({"key": "testing", "secret": "testing"})]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                "m.pt",
+                "--data",
+                "data/val",
+                "--out",
+                f"s3://{bucket}/run1",
+                "--points",
+                "3",
+                "--endpoint-url",
+                s3_server.endpoint_url,
+                "--storage-options",
+                json.dumps({"key": "testing", "secret": "testing"}),
+            ]
+        )
+        == 0
+    )
     assert not (tmp_path / "s3:").exists()
     from gfpipe.data.io import read_bytes
 
@@ -107,8 +154,17 @@ def test_class_folders_give_labels_by_name_and_unknown_folders_are_refused(tmp_p
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(sample.image).save(folder / f"{sample.index}.png")
     model = tiny_checkpoint(tmp_path / "m.pt")
-    args = ["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(tmp_path / "folders"),
-            "--out", str(tmp_path / "eval"), "--points", "3"]
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "m.pt"),
+        "--data",
+        str(tmp_path / "folders"),
+        "--out",
+        str(tmp_path / "eval"),
+        "--points",
+        "3",
+    ]
     assert main(args + ["--class-folders"]) == 0
     result = strict_json((tmp_path / "eval" / "evaluate.json").read_text())
     assert result["images"] == result["labelled"] == 12
@@ -134,8 +190,17 @@ def test_unreadable_images_are_counted_with_their_reasons(tmp_path, capsys):
         Image.fromarray(sample.image).save(folder / f"ok{i}.png")
     (folder / "broken.jpg").write_bytes(b"<html>not an image</html>")
     tiny_checkpoint(tmp_path / "m.pt")
-    args = ["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(folder), "--out", str(tmp_path / "e"),
-            "--points", "2"]
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "m.pt"),
+        "--data",
+        str(folder),
+        "--out",
+        str(tmp_path / "e"),
+        "--points",
+        "2",
+    ]
     assert main(args) == 0
     result = strict_json((tmp_path / "e" / "evaluate.json").read_text())
     assert result["images"] == 3 and result["errors"]["total"] == 1
@@ -157,8 +222,17 @@ def test_a_user_budget_is_reported_and_an_infeasible_one_is_a_clean_error(tmp_pa
     write_dataset(str(tmp_path / "data"), "val", 24, SynthConfig(seed=3), formats=("wds",))
     model = tiny_checkpoint(tmp_path / "m.pt")
     costs = gfpipe.step_costs(model)
-    args = ["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(tmp_path / "data" / "val"),
-            "--out", str(tmp_path / "eval"), "--points", "3"]
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "m.pt"),
+        "--data",
+        str(tmp_path / "data" / "val"),
+        "--out",
+        str(tmp_path / "eval"),
+        "--points",
+        "3",
+    ]
     middle = (costs[0] + costs[-1]) / 2
     assert main(args + ["--budget", f"{middle / 1e6:.3f}M"]) == 0
     chosen = json.loads((tmp_path / "eval" / "evaluate.json").read_text())["at_budget"]

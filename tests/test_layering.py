@@ -13,3 +13,65 @@ def test_model_core_imports_no_ray_or_storage():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, f"imported: {result.stdout.strip()} {result.stderr[-2000:]}"
+
+
+def test_library_modules_import_no_argparse_and_no_command_code():
+    """argparse lives in gfpipe/cli.py and gfpipe/commands/ only; the library never imports them."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "gfpipe"
+    offenders = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if rel == "cli.py" or rel.startswith("commands/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [
+                f"{rel}: {n}" for n in names if n == "argparse" or n.startswith(("gfpipe.cli", "gfpipe.commands"))
+            ]
+    assert not offenders, offenders
+
+
+def test_module_level_imports_have_no_cycles():
+    """No import circles inside gfpipe (module-level imports; lazy ones in functions are the
+    documented way to keep optional dependencies out of the model core)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "gfpipe"
+    modules = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.parse(path.read_text()).body:  # module level only
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            deps |= {t for t in targets if t in modules and t != name}
+        graph[name] = deps
+
+    def cycle_from(start, node, seen, path):
+        for dep in graph[node]:
+            if dep == start:
+                return path + [dep]
+            if dep not in seen:
+                seen.add(dep)
+                found = cycle_from(start, dep, seen, path + [dep])
+                if found:
+                    return found
+        return None
+
+    cycles = [c for m in graph if (c := cycle_from(m, m, {m}, [m]))]
+    assert not cycles, cycles[:3]

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 import gfpipe
-from gfpipe.data.synthetic import SYNTH_PREPROCESSING, SynthConfig, write_dataset
 from gfpipe.checkpoint import OFFICIAL_KEYS
+from gfpipe.data.synthetic import SYNTH_PREPROCESSING, SynthConfig, write_dataset
 from gfpipe.model import GFNet, GFNetConfig, ModelCard
 from tests.model.official_files import official_checkpoint
 

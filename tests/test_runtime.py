@@ -24,8 +24,10 @@ def test_tune_allocator_runs_and_is_idempotent():
     if runtime._glibc_mallopt() is None:
         assert first == {}
     else:
-        defaults = {runtime.M_TRIM_THRESHOLD: runtime.DEFAULT_TRIM_THRESHOLD,
-                    runtime.M_MMAP_THRESHOLD: runtime.DEFAULT_MMAP_THRESHOLD}
+        defaults = {
+            runtime.M_TRIM_THRESHOLD: runtime.DEFAULT_TRIM_THRESHOLD,
+            runtime.M_MMAP_THRESHOLD: runtime.DEFAULT_MMAP_THRESHOLD,
+        }
         expected = {runtime._NAMES[p]: v for p, v in defaults.items() if runtime._set_in_environment(p) is None}
         assert first == expected
 

@@ -62,7 +62,8 @@ import dataclasses
 import hashlib
 import logging
 import math
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -112,11 +113,11 @@ class BudgetReport:
         return int(self.exits.sum())
 
     @staticmethod
-    def empty(steps: int) -> "BudgetReport":
+    def empty(steps: int) -> BudgetReport:
         return BudgetReport(np.zeros(steps, np.int64), np.zeros((0, steps), np.float32))
 
     @staticmethod
-    def of(steps_run: Any, shadow_scores: Any = None, steps: int | None = None) -> "BudgetReport":
+    def of(steps_run: Any, shadow_scores: Any = None, steps: int | None = None) -> BudgetReport:
         """A report of one batch: steps run per image (1-based) and the shadow images' score rows.
 
         Rows with a NaN score are dropped from the sample (and counted in `shadow_dropped`):
@@ -143,7 +144,7 @@ class BudgetReport:
         return BudgetReport(exits, shadow, dropped)
 
     @staticmethod
-    def combine(reports: Iterable["BudgetReport"]) -> "BudgetReport":
+    def combine(reports: Iterable[BudgetReport]) -> BudgetReport:
         reports = list(reports)
         if not reports:
             raise ValueError("combine needs at least one report")
@@ -247,8 +248,9 @@ class BudgetController:
                     "calibration pass are not finite; check its images and the model"
                 )
             logger.warning(
-                "dropping %d calibration rows whose scores are NaN (non-finite model outputs); "
-                "%d left", dropped, calib.shape[0],
+                "dropping %d calibration rows whose scores are NaN (non-finite model outputs); %d left",
+                dropped,
+                calib.shape[0],
             )
         if calib.shape[0] > max_calibration:
             pick = np.random.default_rng(seed).choice(calib.shape[0], max_calibration, replace=False)
@@ -456,8 +458,10 @@ class BudgetController:
 
     def _feasible_share(self, share: float) -> float:
         low, high = float(self.costs[0]), float(self.costs[-1])
-        if self.steps == 1 or math.isclose(self.target, low, rel_tol=REL_TOL) or math.isclose(
-            self.target, high, rel_tol=REL_TOL
+        if (
+            self.steps == 1
+            or math.isclose(self.target, low, rel_tol=REL_TOL)
+            or math.isclose(self.target, high, rel_tol=REL_TOL)
         ):
             return 0.0
         cap = 0.5 * (self.target - low) / (high - low)

@@ -19,7 +19,8 @@ import dataclasses
 import logging
 import math
 import re
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def _distinct(values: Sequence[float], factor: float) -> list[str]:
 
 
 def _pairs(texts: list[str], values: Sequence[float]):
-    items = list(zip(texts, values))
+    items = list(zip(texts, values, strict=True))
     for i in range(len(items)):
         for j in range(i + 1, len(items)):
             yield items[i], items[j]
@@ -187,7 +188,7 @@ class ResolvedBudget:
     budget before clamping; `clamped` is true when it exceeded the all-steps cost.
     """
 
-    budget: "Budget"
+    budget: Budget
     target: float
     requested: float
     costs: np.ndarray
@@ -284,16 +285,11 @@ class Budget:
             )
         return ResolvedBudget(self, float(target), float(requested), c, unit, clamped, message)
 
-    def _context(
-        self, per_image: float, num_images: int | None, num_workers: int, unit: str, like: float
-    ) -> str:
+    def _context(self, per_image: float, num_images: int | None, num_workers: int, unit: str, like: float) -> str:
         if self.kind == "mean":
             return ""
         workers = f" with {num_workers} model replica(s)" if self.kind == "time" else ""
-        return (
-            f"{self} over {num_images} images{workers} is "
-            f"{format_amount(per_image, unit, like=like)} per image; "
-        )
+        return f"{self} over {num_images} images{workers} is {format_amount(per_image, unit, like=like)} per image; "
 
     def _limits(self, c: np.ndarray, num_images: int | None, num_workers: int) -> str:
         """The feasible range restated in the user's own kind of budget."""
@@ -313,8 +309,7 @@ def as_costs(costs: Any) -> np.ndarray:
     c = np.asarray(costs, dtype=np.float64).reshape(-1)
     if c.size == 0 or not np.all(np.isfinite(c)) or np.any(np.diff(c) <= 0):
         raise ValueError(
-            "per-step costs must be finite and strictly increasing (cumulative per exit step), "
-            f"got {c.tolist()}"
+            f"per-step costs must be finite and strictly increasing (cumulative per exit step), got {c.tolist()}"
         )
     return c
 

@@ -131,9 +131,10 @@ def _log_r_for(costs: list[float], target: float) -> float:
             hi = x
         else:
             return x
-        slope = math.fsum(t * wt * ct for t, (wt, ct) in enumerate(zip(w, costs, strict=True))) / total - (
-            math.fsum(t * wt for t, wt in enumerate(w)) / total
-        ) * mean
+        slope = (
+            math.fsum(t * wt * ct for t, (wt, ct) in enumerate(zip(w, costs, strict=True))) / total
+            - (math.fsum(t * wt for t, wt in enumerate(w)) / total) * mean
+        )
         step = x - (mean - target) / slope if slope > 0 else math.nan
         if not lo < step < hi:
             step = 0.5 * (lo + hi)

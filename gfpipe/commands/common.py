@@ -13,10 +13,10 @@ import json
 import math
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from gfpipe.budget.grammar import parse_budget
-
 
 # ----------------------------------------------------------------------------- argument types
 
@@ -69,17 +69,26 @@ def add_budget_arguments(parser: argparse.ArgumentParser, required: bool = False
     """The mutually exclusive --budget / --budget-total / --budget-time; all store `args.budget`."""
     group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument(
-        "--budget", dest="budget", type=_budget_type("mean"), default=None, metavar="MACS",
+        "--budget",
+        dest="budget",
+        type=_budget_type("mean"),
+        default=None,
+        metavar="MACS",
         help="mean Multiply-Adds per image, suffixes K/M/G/T/P: 1.2G, 850M",
     )
     group.add_argument(
-        "--budget-total", dest="budget", type=_budget_type("total"), metavar="MACS",
+        "--budget-total",
+        dest="budget",
+        type=_budget_type("total"),
+        metavar="MACS",
         help="Multiply-Adds for the whole dataset, divided by its number of images: 3.5P",
     )
     group.add_argument(
-        "--budget-time", dest="budget", type=_budget_type("time"), metavar="DURATION",
-        help="wall-clock model time for the whole job, from per-step seconds measured at "
-        "start-up: 2h, 90m, 45s, 1h30m",
+        "--budget-time",
+        dest="budget",
+        type=_budget_type("time"),
+        metavar="DURATION",
+        help="wall-clock model time for the whole job, from per-step seconds measured at start-up: 2h, 90m, 45s, 1h30m",
     )
 
 
@@ -89,19 +98,21 @@ def add_budget_arguments(parser: argparse.ArgumentParser, required: bool = False
 def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     """`--endpoint-url` and `--storage-options`, for every command that touches storage."""
     parser.add_argument(
-        "--endpoint-url", default=None, metavar="URL",
+        "--endpoint-url",
+        default=None,
+        metavar="URL",
         help="S3-compatible endpoint, e.g. http://minio:9000 (default: AWS_ENDPOINT_URL or AWS)",
     )
     parser.add_argument(
-        "--storage-options", default=None, metavar="JSON",
-        help='fsspec storage options as a JSON object, e.g. \'{"anon": true}\' or '
-        '\'{"key": "...", "secret": "..."}\'',
+        "--storage-options",
+        default=None,
+        metavar="JSON",
+        help='fsspec storage options as a JSON object, e.g. \'{"anon": true}\' or \'{"key": "...", "secret": "..."}\'',
     )
 
 
 def storage_options_from_args(args: argparse.Namespace, *uris: str) -> dict[str, Any] | None:
     """The storage options the flags give, checked against the filesystems of `uris`."""
-    from gfpipe.data.io import check_storage_options
 
     try:
         options = json.loads(args.storage_options) if args.storage_options else {}
@@ -151,7 +162,8 @@ def _check_options_apply(options: dict[str, Any], uris: list[str]) -> None:
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--device", default="cpu",
+        "--device",
+        default="cpu",
         help="torch device to run the model on: cpu, cuda or cuda:N",
     )
 
@@ -163,15 +175,15 @@ def resolve_device(text: str) -> Any:
     try:
         device = torch.device(text)
     except (RuntimeError, ValueError):
-        raise ValueError(
-            f"--device {text!r} is not a torch device; use cpu, cuda or cuda:N"
-        ) from None
+        raise ValueError(f"--device {text!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if device.type == "cpu":
         return device
     if device.type != "cuda":
         raise ValueError(f"--device {text!r} is not supported; use cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+        build = (
+            "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+        )
         raise ValueError(f"--device {text!r}: this torch ({torch.__version__}) is {build}; use --device cpu")
     count = torch.cuda.device_count()
     if device.index is not None and device.index >= count:

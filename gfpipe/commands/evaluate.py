@@ -16,20 +16,37 @@ from gfpipe.commands.common import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="gfpipe or official GFNet checkpoint (path or URI)")
-    parser.add_argument("--data", required=True, help="labelled images: shards, folder or prefix, glob or brace pattern")
+    parser.add_argument(
+        "--data", required=True, help="labelled images: shards, folder or prefix, glob or brace pattern"
+    )
     parser.add_argument("--out", required=True, help="output folder URI for evaluate.json and accuracy_vs_macs.png")
-    parser.add_argument("--calibration", help="separate data to solve thresholds on (default: the checkpoint's "
-                        "calibration, else the evaluation data itself)")
+    parser.add_argument(
+        "--calibration",
+        help="separate data to solve thresholds on (default: the checkpoint's "
+        "calibration, else the evaluation data itself)",
+    )
     parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per model call")
     add_device_argument(parser)
-    parser.add_argument("--points", type=int_at_least(2), default=20, help="budgets in the sweep, glance-only to all steps")
+    parser.add_argument(
+        "--points", type=int_at_least(2), default=20, help="budgets in the sweep, glance-only to all steps"
+    )
     add_budget_arguments(parser)
-    parser.add_argument("--format", default="auto", choices=["auto", "wds", "parquet", "folder"],
-                        help="input format (auto: from file extensions)")
-    parser.add_argument("--class-folders", action="store_true",
-                        help="image folders: the first sub-folder under --data names each image's class")
-    parser.add_argument("--class-names", metavar="FILE",
-                        help="the model's class names, one per line (official checkpoints label classes 0..K-1)")
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "wds", "parquet", "folder"],
+        help="input format (auto: from file extensions)",
+    )
+    parser.add_argument(
+        "--class-folders",
+        action="store_true",
+        help="image folders: the first sub-folder under --data names each image's class",
+    )
+    parser.add_argument(
+        "--class-names",
+        metavar="FILE",
+        help="the model's class names, one per line (official checkpoints label classes 0..K-1)",
+    )
     add_storage_arguments(parser)
     parser.add_argument("--arch", help="official checkpoints without metadata: backbone name")
     parser.add_argument("--patch-size", type=int_at_least(1), help="official checkpoints without metadata: patch side")
@@ -51,12 +68,26 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     options = storage_options_from_args(args, args.data, args.out, args.checkpoint, args.calibration)
     ensure_writable(args.out, options)
-    overrides = {k: v for k, v in (("arch", args.arch), ("patch_size", args.patch_size), ("T", args.T),
-                                   ("class_names", args.class_names)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("arch", args.arch),
+            ("patch_size", args.patch_size),
+            ("T", args.T),
+            ("class_names", args.class_names),
+        )
+        if v is not None
+    }
     model = load_checkpoint(args.checkpoint, device=device, storage_options=options, **overrides)
-    label_map = LabelMap.build(model.class_names, None if args.class_folders else dataset_class_names(args.data, options))
-    read_options = ReadOptions(format=args.format, class_folders=args.class_folders,
-                               class_names=label_map.read_class_names, strict_classes=args.class_folders)
+    label_map = LabelMap.build(
+        model.class_names, None if args.class_folders else dataset_class_names(args.data, options)
+    )
+    read_options = ReadOptions(
+        format=args.format,
+        class_folders=args.class_folders,
+        class_names=label_map.read_class_names,
+        strict_classes=args.class_folders,
+    )
     shards = discover_shards(args.data, options, read_options)
     calibration_shards = discover_shards(args.calibration, options, read_options) if args.calibration else None
     total = _total(shards, options, read_options, count_images)
@@ -69,8 +100,15 @@ def run(args: argparse.Namespace) -> int:
 
     with Progress(f"evaluating {args.data}", total) as progress:
         result = evaluate(
-            model, records(shards), records(calibration_shards) if calibration_shards else None,
-            args.batch_size, device, args.points, args.budget, label_of=label_map.record_label, progress=progress,
+            model,
+            records(shards),
+            records(calibration_shards) if calibration_shards else None,
+            args.batch_size,
+            device,
+            args.points,
+            args.budget,
+            label_of=label_map.record_label,
+            progress=progress,
         )
     result.update(checkpoint=str(args.checkpoint), data=args.data, class_names=list(model.class_names))
     written = save_outputs(result, args.out, f"{model.config.backbone} on {args.data}", options)
@@ -94,14 +132,20 @@ def format_table(result: dict[str, Any]) -> str:
     from gfpipe.budget.costs import format_macs
 
     errors = result["errors"]
-    lines = [f"{result['images']} images ({result['labelled']} labelled, {errors['total']} unusable); "
-             f"thresholds from {result['threshold_source']}"]
+    lines = [
+        f"{result['images']} images ({result['labelled']} labelled, {errors['total']} unusable); "
+        f"thresholds from {result['threshold_source']}"
+    ]
     for example in errors["examples"]:
         lines.append(f"  unusable: {example['key']}: {example['error']}")
     if result["anytime_accuracy"]:
-        lines.append("anytime accuracy: " + "  ".join(
-            f"step {t} ({format_macs(c)}): {100 * a:.2f}%"
-            for t, (c, a) in enumerate(zip(result["step_macs"], result["anytime_accuracy"]), 1)))
+        lines.append(
+            "anytime accuracy: "
+            + "  ".join(
+                f"step {t} ({format_macs(c)}): {100 * a:.2f}%"
+                for t, (c, a) in enumerate(zip(result["step_macs"], result["anytime_accuracy"], strict=True), 1)
+            )
+        )
     lines.append(f"{'budget':>10} {'mean MACs':>10} {'accuracy':>9}  exits per step")
     for r in result["budgeted"]:
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.2f}%"
@@ -110,6 +154,8 @@ def format_table(result: dict[str, Any]) -> str:
     if chosen:
         acc = "-" if chosen["accuracy"] is None else f"{100 * chosen['accuracy']:.2f}%"
         lines.append(f"{chosen['budget']}: {chosen['message']}")
-        lines.append(f"  mean MACs {format_macs(chosen['mean_macs'])}, accuracy {acc}, exits {chosen['exits']}, "
-                     f"thresholds {[round(e, 4) for e in chosen['thresholds']]}")
+        lines.append(
+            f"  mean MACs {format_macs(chosen['mean_macs'])}, accuracy {acc}, exits {chosen['exits']}, "
+            f"thresholds {[round(e, 4) for e in chosen['thresholds']]}"
+        )
     return "\n".join(lines)

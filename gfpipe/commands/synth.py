@@ -33,22 +33,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=SPLITS, help="which split (each has its own seed stream)")
     parser.add_argument("--count", type=int_at_least(1), default=256, help="number of images")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="dataset seed")
-    parser.add_argument("--format", type=_formats, default="wds", metavar="FORMATS",
-                        help="wds, parquet, or both as 'wds,parquet' (same shard names)")
+    parser.add_argument(
+        "--format",
+        type=_formats,
+        default="wds",
+        metavar="FORMATS",
+        help="wds, parquet, or both as 'wds,parquet' (same shard names)",
+    )
     parser.add_argument("--shard-size", type=int_at_least(1), default=500, help="images per shard")
-    parser.add_argument("--image-size", type=int_at_least(32, MAX_IMAGE_SIZE), default=defaults.image_size,
-                        help="canvas side in pixels")
-    parser.add_argument("--small-share", type=float_between(0, 1), default=defaults.small_share,
-                        help="share of images whose target is small (readable only at full resolution)")
-    parser.add_argument("--clutter", type=float_between(0, 10), default=defaults.clutter,
-                        help="clutter density (0 = none, 1 = about 20 fragments at 224 px)")
-    parser.add_argument("--shift", type=float_between(-1, 1), default=defaults.shift,
-                        help="moves the mix towards small targets (> 0) or large ones (< 0)")
+    parser.add_argument(
+        "--image-size", type=int_at_least(32, MAX_IMAGE_SIZE), default=defaults.image_size, help="canvas side in pixels"
+    )
+    parser.add_argument(
+        "--small-share",
+        type=float_between(0, 1),
+        default=defaults.small_share,
+        help="share of images whose target is small (readable only at full resolution)",
+    )
+    parser.add_argument(
+        "--clutter",
+        type=float_between(0, 10),
+        default=defaults.clutter,
+        help="clutter density (0 = none, 1 = about 20 fragments at 224 px)",
+    )
+    parser.add_argument(
+        "--shift",
+        type=float_between(-1, 1),
+        default=defaults.shift,
+        help="moves the mix towards small targets (> 0) or large ones (< 0)",
+    )
     parser.add_argument("--classes", default=defaults.classes, help="one character per class")
-    parser.add_argument("--image-format", default=defaults.image_format, choices=("jpg", "png"),
-                        help="how images are encoded")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing split folder (its old files are removed first)")
+    parser.add_argument(
+        "--image-format", default=defaults.image_format, choices=("jpg", "png"), help="how images are encoded"
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing split folder (its old files are removed first)"
+    )
     add_storage_arguments(parser)
 
 

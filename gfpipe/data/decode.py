@@ -14,7 +14,8 @@ import io
 import logging
 import re
 import warnings
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -164,9 +165,7 @@ def _reason(exc: BaseException, data: bytes | None = None) -> str:
     if isinstance(exc, MemoryError):
         return "out of memory while decoding"
     short = " ".join(text.split())[:80]
-    return (
-        f"corrupt image: {type(exc).__name__}: {short}" if short else f"corrupt image: {type(exc).__name__}"
-    )
+    return f"corrupt image: {type(exc).__name__}: {short}" if short else f"corrupt image: {type(exc).__name__}"
 
 
 def preprocess(image: np.ndarray | Image.Image, prep: Preprocessing) -> np.ndarray:
@@ -203,7 +202,7 @@ def decode_preprocess(
         return None, _reason(exc), size
 
 
-def preprocess_batch(images: Sequence[np.ndarray | Image.Image], prep: Preprocessing) -> "torch.Tensor":
+def preprocess_batch(images: Sequence[np.ndarray | Image.Image], prep: Preprocessing) -> torch.Tensor:
     """Preprocess and stack images into one (N, 3, crop, crop) float32 tensor."""
     import torch
 

@@ -36,7 +36,8 @@ import posixpath
 import re
 import threading
 import uuid
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import fsspec
 from fsspec.core import split_protocol
@@ -96,8 +97,7 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> tu
     retries = options.pop("retries", None) if protocol in _S3 else None
     if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 1):
         raise ValueError(
-            f"{uri}: storage option retries must be an integer >= 1 (s3fs attempts per call), "
-            f"got {retries!r}"
+            f"{uri}: storage option retries must be an integer >= 1 (s3fs attempts per call), got {retries!r}"
         )
     try:
         if retries is None:
@@ -129,8 +129,7 @@ def check_storage_options(uri: str, options: Mapping[str, Any] | None, flag: str
         return
     if not isinstance(options, Mapping):
         raise ValueError(
-            f"{flag} must be a mapping of option names to values (e.g. {{\"anon\": true}}), "
-            f"got {type(options).__name__}"
+            f'{flag} must be a mapping of option names to values (e.g. {{"anon": true}}), got {type(options).__name__}'
         )
     protocol = split_protocol(uri)[0] or "file"
     accepted = _accepted_options(protocol)
@@ -155,12 +154,11 @@ def _check_keys(options: Mapping[str, Any], accepted: frozenset[str], flag: str,
         close = difflib.get_close_matches(str(key), sorted(accepted), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ValueError(
-            f"{flag}: {key!r} is not an option of {where}; {hint}"
-            f"accepted keys: {', '.join(sorted(accepted))}"
+            f"{flag}: {key!r} is not an option of {where}; {hint}accepted keys: {', '.join(sorted(accepted))}"
         )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _accepted_options(protocol: str) -> frozenset[str] | None:
     """The option names the filesystem class for `protocol` takes (None: it takes any)."""
     try:
@@ -182,7 +180,7 @@ def _accepted_options(protocol: str) -> frozenset[str] | None:
     return named | extra | frozenset(GFPIPE_S3_OPTIONS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _botocore_config_keys() -> frozenset[str] | None:
     try:
         from aiobotocore.config import AioConfig
@@ -192,7 +190,7 @@ def _botocore_config_keys() -> frozenset[str] | None:
     return frozenset(Config.OPTION_DEFAULTS) | _named_parameters(AioConfig.__init__)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _client_keys() -> frozenset[str] | None:
     try:
         from aiobotocore.session import AioSession
@@ -265,8 +263,12 @@ def _first_contact(fs: Any, uri: str, options: Mapping[str, Any], retries: Any) 
         timer = threading.Timer(
             SLOW_CONNECT_LOG_SECONDS,
             log.info,
-            ("connecting to S3 endpoint %s for %s (no answer yet; connect_timeout %s s)",
-             endpoint, uri, config["connect_timeout"]),
+            (
+                "connecting to S3 endpoint %s for %s (no answer yet; connect_timeout %s s)",
+                endpoint,
+                uri,
+                config["connect_timeout"],
+            ),
         )
         timer.daemon = True
         timer.start()
@@ -291,7 +293,7 @@ def _first_contact(fs: Any, uri: str, options: Mapping[str, Any], retries: Any) 
 
 def open_file(
     uri: str, mode: str = "rb", storage_options: Mapping[str, Any] | None = None, **kwargs: Any
-) -> "StorageFile":
+) -> StorageFile:
     """Open `uri` as a file object (also a context manager); errors name the URI and the fix.
 
     Errors when opening and when closing (S3 uploads happen on close) become `StorageError`s;
@@ -333,7 +335,7 @@ class StorageFile:
         except Exception as exc:  # noqa: BLE001 - translated, re-raised
             raise storage_error(exc, self.uri, self._fs) from exc
 
-    def __enter__(self) -> "StorageFile":
+    def __enter__(self) -> StorageFile:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -371,9 +373,7 @@ def ensure_writable(uri: str, storage_options: Mapping[str, Any] | None = None) 
     probe = f"{path}/.gfpipe-write-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         if path and fs.isfile(path):
-            raise StorageError(
-                f"{uri}: is an existing file, not a folder; give a folder URI or move the file away"
-            )
+            raise StorageError(f"{uri}: is an existing file, not a folder; give a folder URI or move the file away")
         if _is_local(fs):
             fs.makedirs(path, exist_ok=True)
         fs.pipe_file(probe, b"gfpipe write probe\n")
@@ -430,9 +430,7 @@ def _to_json(obj: Any, _where: str) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return _to_json(dataclasses.asdict(obj), _where)
     if isinstance(obj, (bytes, bytearray)):
-        raise TypeError(
-            f"{_where} is {len(obj)} bytes, which JSON cannot hold; store it elsewhere or encode it"
-        )
+        raise TypeError(f"{_where} is {len(obj)} bytes, which JSON cannot hold; store it elsewhere or encode it")
     item = getattr(obj, "item", None)
     if callable(item) and getattr(obj, "shape", None) == ():  # numpy/torch scalars
         return _to_json(item(), _where)
@@ -642,8 +640,8 @@ def storage_error(exc: BaseException, uri: str, fs: Any = None) -> StorageError:
     if name in ("NoCredentialsError", "PartialCredentialsError") or "Unable to locate credentials" in chain:
         return StoragePermissionError(
             f"{uri}: no credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or "
-            "AWS_PROFILE), or give the storage options {\"key\": ..., \"secret\": ...} "
-            "(--storage-options on the command line), or {\"anon\": true} for a public bucket"
+            'AWS_PROFILE), or give the storage options {"key": ..., "secret": ...} '
+            '(--storage-options on the command line), or {"anon": true} for a public bucket'
         )
     if isinstance(exc, PermissionError) and fs is not None and _is_local(fs):
         return StoragePermissionError(
@@ -668,10 +666,11 @@ def storage_error(exc: BaseException, uri: str, fs: Any = None) -> StorageError:
             "and that they may read/write this bucket"
         )
     if name in (
-        "EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ProxyConnectionError"
-    ) or isinstance(
-        exc, (ConnectionError, TimeoutError)
-    ):
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ConnectionClosedError",
+        "ProxyConnectionError",
+    ) or isinstance(exc, (ConnectionError, TimeoutError)):
         return StorageConnectionError(
             f"{uri}: cannot reach the storage endpoint{where or ''} ({_short(text)}); check "
             "the endpoint (--endpoint-url, storage option endpoint_url or AWS_ENDPOINT_URL) and the network"
@@ -712,9 +711,7 @@ def _is_local(fs: Any) -> bool:
 def _endpoint(fs: Any) -> str | None:
     if fs is None:
         return None
-    endpoint = getattr(fs, "endpoint_url", None) or (getattr(fs, "client_kwargs", None) or {}).get(
-        "endpoint_url"
-    )
+    endpoint = getattr(fs, "endpoint_url", None) or (getattr(fs, "client_kwargs", None) or {}).get("endpoint_url")
     if not endpoint:  # from AWS_ENDPOINT_URL or the AWS default: the client knows
         client = getattr(fs, "_s3", None)
         endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from gfpipe.data.io import (
     StorageError,
@@ -122,9 +123,7 @@ class LabelMap:
     _index: tuple[int, ...] | None  # data index -> model index (None: identity)
 
     @classmethod
-    def build(
-        cls, model_class_names: Sequence[str], data_class_names: Sequence[str] | None = None
-    ) -> "LabelMap":
+    def build(cls, model_class_names: Sequence[str], data_class_names: Sequence[str] | None = None) -> LabelMap:
         """A map from the data's classes to the model's; a ValueError when the data names a
         class the model does not have (both sets shown, the differences first). A subset is
         fine: a test set may hold only some of the model's classes."""

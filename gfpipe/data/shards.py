@@ -20,7 +20,8 @@ import tarfile
 import tempfile
 import zlib
 from collections import OrderedDict
-from typing import Any, BinaryIO, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, BinaryIO
 
 from gfpipe.data.decode import DEFAULT_MAX_PIXELS
 from gfpipe.data.decode import decode as decode_image
@@ -124,7 +125,7 @@ class RawRecord:
         return row
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "RawRecord":
+    def from_row(cls, row: Mapping[str, Any]) -> RawRecord:
         """Inverse of `to_row`."""
         meta = row.get("metadata")
         return cls(
@@ -358,9 +359,7 @@ def _manifest_count(fs: Any, path: str, uri: str, storage_options: Mapping[str, 
 # --- WebDataset -------------------------------------------------------------------------
 
 
-def _iter_wds(
-    shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions
-) -> Iterator[RawRecord]:
+def _iter_wds(shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions) -> Iterator[RawRecord]:
     """Samples grouped by key wherever their members are in the tar (Ray's reader assumes adjacency).
 
     The tar is indexed first (headers only) and then read sample by sample; a remote or
@@ -406,7 +405,7 @@ def _gunzip(src: BinaryIO, dst: BinaryIO) -> None:
     dst.write(inflater.flush())
 
 
-def _index_tar(fh: BinaryIO) -> tuple["OrderedDict[str, dict[str, tarfile.TarInfo]]", str | None]:
+def _index_tar(fh: BinaryIO) -> tuple[OrderedDict[str, dict[str, tarfile.TarInfo]], str | None]:
     """Map sample key -> {extension: member}, in order of first appearance; plus a problem text."""
     samples: OrderedDict[str, dict[str, tarfile.TarInfo]] = OrderedDict()
     fh.seek(0, 2)
@@ -455,9 +454,7 @@ def _wds_record(
             break
     if image_ext is None:
         has = ", ".join(sorted(parts))
-        return RawRecord(
-            record_key, shard.uri, None, label, metadata, f"no image member (has: {has})", unknown
-        )
+        return RawRecord(record_key, shard.uri, None, label, metadata, f"no image member (has: {has})", unknown)
     data = _member_bytes(fh, parts[image_ext])
     return RawRecord(record_key, shard.uri, data, label, metadata, None, unknown)
 
@@ -470,9 +467,7 @@ def _member_bytes(fh: BinaryIO, member: tarfile.TarInfo) -> bytes:
 # --- Parquet ----------------------------------------------------------------------------
 
 
-def _iter_parquet(
-    shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions
-) -> Iterator[RawRecord]:
+def _iter_parquet(shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions) -> Iterator[RawRecord]:
     """Rows streamed batch by batch (never the whole file); only the needed columns are read."""
     import pyarrow.parquet as pq
 
@@ -490,14 +485,10 @@ def _iter_parquet(
             )
             return
         if options.key_column and options.key_column not in names:
-            yield _shard_error(
-                shard, f"no key column {options.key_column!r}; set key_column=None for row keys"
-            )
+            yield _shard_error(shard, f"no key column {options.key_column!r}; set key_column=None for row keys")
             return
         optional = [options.label_column, options.key_column, options.metadata_column]
-        columns = [options.image_column] + [
-            c for c in optional if c and c in names and c != options.image_column
-        ]
+        columns = [options.image_column] + [c for c in optional if c and c in names and c != options.image_column]
         row = 0
         for batch in pf.iter_batches(batch_size=options.parquet_batch_rows, columns=columns):
             cols = {name: batch.column(name).to_pylist() for name in columns}
@@ -509,9 +500,7 @@ def _iter_parquet(
 def _parquet_record(shard: Shard, row: int, values: dict[str, Any], options: ReadOptions) -> RawRecord:
     key_value = values.get(options.key_column) if options.key_column else None
     key = str(key_value) if key_value is not None else f"{shard.uri}#{row}"
-    label, unknown = (
-        _label_value(values.get(options.label_column), options) if options.label_column else (None, None)
-    )
+    label, unknown = _label_value(values.get(options.label_column), options) if options.label_column else (None, None)
     metadata = None
     if options.metadata_column and values.get(options.metadata_column) is not None:
         raw = values[options.metadata_column]
@@ -535,9 +524,7 @@ def _parquet_record(shard: Shard, row: int, values: dict[str, Any], options: Rea
 # --- Folders ----------------------------------------------------------------------------
 
 
-def _iter_folder(
-    shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions
-) -> Iterator[RawRecord]:
+def _iter_folder(shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions) -> Iterator[RawRecord]:
     """The image files directly in one folder (or one image file), in name order."""
     fs, names = _folder_images(shard.uri, storage_options)
     for name in names:

@@ -25,7 +25,8 @@ import re
 import tarfile
 import time
 import zlib
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -86,9 +87,7 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if not 32 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise ValueError(
-                f"image_size must be between 32 and {MAX_IMAGE_SIZE} pixels, got {self.image_size}"
-            )
+            raise ValueError(f"image_size must be between 32 and {MAX_IMAGE_SIZE} pixels, got {self.image_size}")
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes needs >= 2 distinct characters, got {self.classes!r}")
         if not 0.0 <= self.small_share <= 1.0:
@@ -176,9 +175,7 @@ def generate_sample(index: int, split: str = "train", config: SynthConfig = Synt
     return Sample(index=index, split=split, image=image, label=label, bbox=bbox, small=small)
 
 
-def generate(
-    count: int, split: str = "train", config: SynthConfig = SynthConfig(), start: int = 0
-) -> Iterator[Sample]:
+def generate(count: int, split: str = "train", config: SynthConfig = SynthConfig(), start: int = 0) -> Iterator[Sample]:
     """Images start .. start + count - 1 of `split`."""
     for index in range(start, start + count):
         yield generate_sample(index, split, config)
@@ -280,9 +277,7 @@ def _glyph_mask(char: str, font_px: int, stroke: int) -> np.ndarray:
     font = _font(font_px)
     left, top, right, bottom = font.getbbox(char, stroke_width=stroke)
     im = Image.new("L", (right - left + 2, bottom - top + 2), 0)
-    ImageDraw.Draw(im).text(
-        (1 - left, 1 - top), char, fill=255, font=font, stroke_width=stroke, stroke_fill=255
-    )
+    ImageDraw.Draw(im).text((1 - left, 1 - top), char, fill=255, font=font, stroke_width=stroke, stroke_fill=255)
     arr = np.asarray(im)
     mask = _crop_to_ink(arr)
     mask.setflags(write=False)
@@ -340,13 +335,9 @@ def write_dataset(
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise ValueError(
-            f"format must be one or more of {', '.join(FORMATS)}, got {', '.join(formats) or 'none'}"
-        )
+        raise ValueError(f"format must be one or more of {', '.join(FORMATS)}, got {', '.join(formats) or 'none'}")
     if count < 1 or shard_size < 1:
-        raise ValueError(
-            f"need count >= 1 and shard_size >= 1, got count {count} and shard_size {shard_size}"
-        )
+        raise ValueError(f"need count >= 1 and shard_size >= 1, got count {count} and shard_size {shard_size}")
     if not _SPLIT_NAME.match(split):
         raise ValueError(
             f"split {split!r} must be a plain folder name (letters, digits, '.', '_', '-', not "
@@ -455,9 +446,7 @@ def _clear_split(split_dir: str, overwrite: bool, storage_options: Mapping[str, 
     try:
         fs.invalidate_cache()
         if fs.isfile(path):
-            raise StorageError(
-                f"{split_dir} is an existing file, not a folder; move it away or choose another --out"
-            )
+            raise StorageError(f"{split_dir} is an existing file, not a folder; move it away or choose another --out")
         found = fs.find(path) if fs.isdir(path) else []
     except StorageError:
         raise

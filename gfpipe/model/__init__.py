@@ -6,6 +6,15 @@ from gfpipe.model.patches import extract_patches, patch_corners
 from gfpipe.model.policy import PatchPolicy, PolicyOutput
 
 __all__ = [
-    "BACKBONES", "Backbone", "build_backbone", "GFNet", "GFNetConfig", "GFState", "ModelCard",
-    "extract_patches", "patch_corners", "PatchPolicy", "PolicyOutput",
+    "BACKBONES",
+    "Backbone",
+    "build_backbone",
+    "GFNet",
+    "GFNetConfig",
+    "GFState",
+    "ModelCard",
+    "extract_patches",
+    "patch_corners",
+    "PatchPolicy",
+    "PolicyOutput",
 ]

@@ -13,7 +13,7 @@ checkpoints use. torchvision itself is not used (it does not run with the CPU to
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -225,8 +225,12 @@ _MOBILENETV3_LARGE = [
     [(3, 1, 16, False, "relu", 1)],
     [(3, 4, 24, False, "relu", 2), (3, 3, 24, False, "relu", 1)],
     [(5, 3, 40, True, "relu", 2), (5, 3, 40, True, "relu", 1), (5, 3, 40, True, "relu", 1)],
-    [(3, 6, 80, False, "hswish", 2), (3, 2.5, 80, False, "hswish", 1),
-     (3, 2.3, 80, False, "hswish", 1), (3, 2.3, 80, False, "hswish", 1)],
+    [
+        (3, 6, 80, False, "hswish", 2),
+        (3, 2.5, 80, False, "hswish", 1),
+        (3, 2.3, 80, False, "hswish", 1),
+        (3, 2.3, 80, False, "hswish", 1),
+    ],
     [(3, 6, 112, True, "hswish", 1), (3, 6, 112, True, "hswish", 1)],
     [(5, 6, 160, True, "hswish", 2), (5, 6, 160, True, "hswish", 1), (5, 6, 160, True, "hswish", 1)],
 ]
@@ -283,8 +287,12 @@ class TinyCNN(Backbone):
         cin = 3
         for cout in widths:
             layers += [
-                nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cin, cout, 3, 2, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
             ]
             cin = cout
         self.features = nn.Sequential(*layers)

@@ -14,8 +14,9 @@ of steps 1..t and nothing for a location it will never use.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,12 +31,15 @@ from gfpipe.model.policy import PatchPolicy, PolicyOutput
 # Per-backbone defaults for the fields left as None in GFNetConfig (the official choices for
 # ResNet and MobileNet-V3; small ones for the tiny test/demo backbone).
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "resnet": dict(classifier="gru", classifier_hidden=1024, policy_conv_channels=0,
-                   policy_hidden=1024, policy_mlp_width=2048),
-    "mobilenetv3": dict(classifier="cascade", classifier_hidden=0, policy_conv_channels=32,
-                        policy_hidden=256, policy_mlp_width=0),
-    "tiny": dict(classifier="gru", classifier_hidden=128, policy_conv_channels=16,
-                 policy_hidden=128, policy_mlp_width=0),
+    "resnet": dict(
+        classifier="gru", classifier_hidden=1024, policy_conv_channels=0, policy_hidden=1024, policy_mlp_width=2048
+    ),
+    "mobilenetv3": dict(
+        classifier="cascade", classifier_hidden=0, policy_conv_channels=32, policy_hidden=256, policy_mlp_width=0
+    ),
+    "tiny": dict(
+        classifier="gru", classifier_hidden=128, policy_conv_channels=16, policy_hidden=128, policy_mlp_width=0
+    ),
 }
 
 
@@ -61,12 +65,10 @@ class GFNetConfig:
     policy_mlp_width: int | None = None
     glance_interpolation: str = "bicubic"
 
-    def resolved(self) -> "GFNetConfig":
+    def resolved(self) -> GFNetConfig:
         """A copy with every None replaced by its default; checks the values."""
         if self.backbone not in BACKBONES:
-            raise ConfigError(
-                f"unknown backbone {self.backbone!r}; known backbones: {', '.join(sorted(BACKBONES))}"
-            )
+            raise ConfigError(f"unknown backbone {self.backbone!r}; known backbones: {', '.join(sorted(BACKBONES))}")
         defaults = _FAMILY_DEFAULTS[_family(self.backbone)]
         values = dataclasses.asdict(self)
         for key, default in defaults.items():
@@ -84,13 +86,9 @@ class GFNetConfig:
         if self.num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
         if not 0 < self.patch_size <= self.input_size:
-            raise ConfigError(
-                f"patch_size {self.patch_size} must be between 1 and input_size {self.input_size}"
-            )
+            raise ConfigError(f"patch_size {self.patch_size} must be between 1 and input_size {self.input_size}")
         if not 0 < self.glance_size <= self.input_size:
-            raise ConfigError(
-                f"glance_size {self.glance_size} must be between 1 and input_size {self.input_size}"
-            )
+            raise ConfigError(f"glance_size {self.glance_size} must be between 1 and input_size {self.input_size}")
         if self.classifier not in ("gru", "cascade"):
             raise ConfigError(f"classifier must be 'gru' or 'cascade', got {self.classifier!r}")
         if self.classifier == "gru" and self.classifier_hidden < 1:
@@ -99,8 +97,7 @@ class GFNetConfig:
             raise ConfigError("a flatten-form policy (policy_conv_channels=0) needs policy_mlp_width >= 1")
         if self.glance_interpolation not in ("bilinear", "bicubic", "area", "nearest"):
             raise ConfigError(
-                f"glance_interpolation {self.glance_interpolation!r} is not one of "
-                "bilinear, bicubic, area, nearest"
+                f"glance_interpolation {self.glance_interpolation!r} is not one of bilinear, bicubic, area, nearest"
             )
 
 
@@ -116,7 +113,7 @@ class ModelCard:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
-    def default(cfg: GFNetConfig) -> "ModelCard":
+    def default(cfg: GFNetConfig) -> ModelCard:
         resize = round(cfg.input_size / 0.875)
         return ModelCard(
             class_names=tuple(str(i) for i in range(cfg.num_classes)),
@@ -141,18 +138,18 @@ class GFState:
     def __len__(self) -> int:
         return self.classifier.shape[0]
 
-    def _map(self, fn) -> "GFState":
+    def _map(self, fn) -> GFState:
         return GFState(self.step, fn(self.classifier), fn(self.policy), fn(self.features), fn(self.glimpses))
 
-    def index(self, idx: Tensor | slice | Sequence[int]) -> "GFState":
+    def index(self, idx: Tensor | slice | Sequence[int]) -> GFState:
         """The state of a subset of images (bool mask, index tensor or slice)."""
         return self._map(lambda t: t[idx])
 
-    def to(self, device: torch.device | str) -> "GFState":
+    def to(self, device: torch.device | str) -> GFState:
         return self._map(lambda t: t.to(device, non_blocking=True))
 
     @staticmethod
-    def cat(states: Sequence["GFState"]) -> "GFState":
+    def cat(states: Sequence[GFState]) -> GFState:
         """Stack the images of several states that are at the same step."""
         if not states:
             raise ValueError("GFState.cat needs at least one state")

@@ -17,8 +17,19 @@ SECONDS = [0.005, 0.011, 0.017, 0.023, 0.029]  # cumulative seconds per image pe
 
 @pytest.mark.parametrize(
     "text, value",
-    [("1.2G", 1.2e9), ("850M", 8.5e8), ("3.1e9", 3.1e9), ("1.2 G", 1.2e9), ("1.2GMACs", 1.2e9),
-     ("500k", 5e5), ("500K", 5e5), ("2T", 2e12), ("0.5P", 5e14), ("1200000000", 1.2e9), (".5G", 5e8)],
+    [
+        ("1.2G", 1.2e9),
+        ("850M", 8.5e8),
+        ("3.1e9", 3.1e9),
+        ("1.2 G", 1.2e9),
+        ("1.2GMACs", 1.2e9),
+        ("500k", 5e5),
+        ("500K", 5e5),
+        ("2T", 2e12),
+        ("0.5P", 5e14),
+        ("1200000000", 1.2e9),
+        (".5G", 5e8),
+    ],
 )
 def test_mean_budgets_parse(text, value):
     budget = parse_budget(text)
@@ -27,8 +38,16 @@ def test_mean_budgets_parse(text, value):
 
 @pytest.mark.parametrize(
     "text, value",
-    [("2h", 7200), ("90m", 5400), ("45s", 45), ("1h30m", 5400), ("1.5h", 5400), ("1d2h", 93600),
-     ("1h 30m 15s", 5415), ("2H", 7200)],
+    [
+        ("2h", 7200),
+        ("90m", 5400),
+        ("45s", 45),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        ("1d2h", 93600),
+        ("1h 30m 15s", 5415),
+        ("2H", 7200),
+    ],
 )
 def test_time_budgets_parse(text, value):
     assert parse_budget(text, "time") == Budget("time", value)
@@ -104,8 +123,11 @@ def test_budget_below_glance_names_both_limits_in_the_users_terms():
         "budget 0.4 GMACs is below the glance-only cost 0.76 GMACs of this model; "
         "the smallest budget is 0.76 GMACs, the largest 3.99 GMACs"
     )
-    with pytest.raises(ValueError, match=r"1000000 images is 0.5 GMACs per image; .*"
-                       r"--budget-total 760T to 3.99P"):
+    with pytest.raises(
+        ValueError,
+        match=r"1000000 images is 0.5 GMACs per image; .*"
+        r"--budget-total 760T to 3.99P",
+    ):
         parse_budget("500T", "total").resolve(COSTS, num_images=1_000_000)
     with pytest.raises(ValueError, match=r"below the glance-only cost 5 ms.*--budget-time 10m25s to 1h25s"):
         parse_budget("5m", "time").resolve(COSTS, step_seconds=SECONDS, num_images=1_000_000, num_workers=8)

@@ -7,7 +7,8 @@ import http.server
 import socket
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -32,9 +33,13 @@ def fake_endpoint() -> Iterator[Any]:
             def _answer(self) -> None:
                 seen.append(f"{self.command} {self.path}")
                 time.sleep(delay)
-                body = b"" if self.command == "HEAD" else (
-                    b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
-                    b"<Message>fake</Message></Error>"
+                body = (
+                    b""
+                    if self.command == "HEAD"
+                    else (
+                        b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>InternalError</Code>"
+                        b"<Message>fake</Message></Error>"
+                    )
                 )
                 self.send_response(status)
                 self.send_header("Content-Type", "application/xml")

@@ -61,10 +61,9 @@ def test_open_missing_file_names_uri(tmp_path):
 def test_caller_errors_inside_with_pass_through(tmp_path):
     path = tmp_path / "a.bin"
     path.write_bytes(b"1")
-    with pytest.raises(OSError, match="mine") as info:
-        with open_file(str(path)) as fh:
-            fh.read()
-            raise OSError("mine")
+    with pytest.raises(OSError, match="mine") as info, open_file(str(path)) as fh:
+        fh.read()
+        raise OSError("mine")
     assert not isinstance(info.value, StorageError)
 
 

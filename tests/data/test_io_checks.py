@@ -94,8 +94,12 @@ def test_filesystem_gives_the_library_the_same_error():
 
 
 def test_caller_options_are_not_mutated(closed_port):
-    options = {"key": "k", "secret": "s", "endpoint_url": f"http://127.0.0.1:{closed_port}",
-               "config_kwargs": {"retries": {"max_attempts": 1}}}
+    options = {
+        "key": "k",
+        "secret": "s",
+        "endpoint_url": f"http://127.0.0.1:{closed_port}",
+        "config_kwargs": {"retries": {"max_attempts": 1}},
+    }
     with pytest.raises(StorageError):
         filesystem("s3://b/x", options)
     assert options["config_kwargs"] == {"retries": {"max_attempts": 1}}  # botocore rewrites its copy
@@ -166,9 +170,20 @@ def test_to_json_value_converts_numpy_and_non_finite_floats():
     }
     out = to_json_value(value)
     assert out == {
-        "f32": 0.5, "i64": 7, "flag": True, "arr": [0, 1, 2], "grid": [[0.0, 0.0], [0.0, 0.0]],
-        "zero_d": 1.5, "floats": ["inf", "-inf", None, None, "inf"], "tuple": [1, 2],
-        "3": "numpy key", "4": "int key", "path": "/a/b", "when": "2024-01-02", "enum": "red", "set": [1, 3],
+        "f32": 0.5,
+        "i64": 7,
+        "flag": True,
+        "arr": [0, 1, 2],
+        "grid": [[0.0, 0.0], [0.0, 0.0]],
+        "zero_d": 1.5,
+        "floats": ["inf", "-inf", None, None, "inf"],
+        "tuple": [1, 2],
+        "3": "numpy key",
+        "4": "int key",
+        "path": "/a/b",
+        "when": "2024-01-02",
+        "enum": "red",
+        "set": [1, 3],
     }
     assert type(out["i64"]) is int and type(out["flag"]) is bool and type(out["f32"]) is float
     assert _strict_load(dumps_json(value)) == out

@@ -77,9 +77,7 @@ def test_missing_key_and_empty_prefix(s3_server):
 def test_bad_credentials_are_clear(s3_server_factory):
     strict = s3_server_factory({"INITIAL_NO_AUTH_ACTION_COUNT": "0"})
     opts = {"key": "AKIAWRONG", "secret": "wrong", "endpoint_url": strict.endpoint_url}
-    with pytest.raises(
-        StoragePermissionError, match=r"s3://some-bucket/a.tar: access denied .*check the credentials"
-    ):
+    with pytest.raises(StoragePermissionError, match=r"s3://some-bucket/a.tar: access denied .*check the credentials"):
         open_file("s3://some-bucket/a.tar", "rb", opts)
     with pytest.raises(StoragePermissionError, match="InvalidAccessKeyId"):
         list_shards("s3://some-bucket/data/", opts)
@@ -219,9 +217,21 @@ def test_cli_unreachable_endpoint_is_one_line_and_fast(closed_port, tmp_path, ca
     import time
 
     started = time.monotonic()
-    code = cli.main(["synth", "--out", "s3://bucket/ds", "--count", "1", "--image-size", "32",
-                     "--endpoint-url", f"http://127.0.0.1:{closed_port}",
-                     "--storage-options", '{"key": "k", "secret": "s"}'])
+    code = cli.main(
+        [
+            "synth",
+            "--out",
+            "s3://bucket/ds",
+            "--count",
+            "1",
+            "--image-size",
+            "32",
+            "--endpoint-url",
+            f"http://127.0.0.1:{closed_port}",
+            "--storage-options",
+            '{"key": "k", "secret": "s"}',
+        ]
+    )
     assert code == 2 and time.monotonic() - started < 5.0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"127.0.0.1:{closed_port}" in err and "s3://bucket/ds" in err
@@ -252,8 +262,12 @@ def test_first_contact_is_one_request_once_and_user_retry_settings_win(fake_endp
     assert "retries" not in fs.config_kwargs and "connect_timeout" not in fs.config_kwargs  # normal ops keep theirs
 
     patient = fake_endpoint(status=500)
-    mine = {"key": "k", "secret": "s", "endpoint_url": patient.url,
-            "config_kwargs": {"retries": {"total_max_attempts": 2, "mode": "standard"}}}
+    mine = {
+        "key": "k",
+        "secret": "s",
+        "endpoint_url": patient.url,
+        "config_kwargs": {"retries": {"total_max_attempts": 2, "mode": "standard"}},
+    }
     filesystem("s3://b/x", mine)
     assert patient.requests == ["HEAD /b", "HEAD /b"]
 
@@ -301,8 +315,9 @@ def test_synth_split_on_s3_is_refused_then_replaced_and_neighbours_survive(s3_se
     write_bytes(f"{out}/testx.bin", b"neighbour", opts)
     with pytest.raises(FileExistsError, match=f"{out}/test already holds 5 files"):
         write_dataset(out, "test", 3, SynthConfig(image_size=48, seed=2), shard_size=4, storage_options=opts)
-    manifest = write_dataset(out, "test", 3, SynthConfig(image_size=48, seed=2), shard_size=4,
-                             storage_options=opts, overwrite=True)
+    manifest = write_dataset(
+        out, "test", 3, SynthConfig(image_size=48, seed=2), shard_size=4, storage_options=opts, overwrite=True
+    )
     assert manifest["shards"] == ["shard-000000.tar"]
     assert list_shards(f"{out}/test", opts) == [f"{out}/test/shard-000000.tar"]
     rows = list(read_images(f"{out}/test", opts))
@@ -317,8 +332,9 @@ def test_count_images_on_s3_parquet_footer_and_tar_manifest(s3_server):
     bucket = s3_server.make_bucket()
     opts = s3_server.storage_options
     out = f"s3://{bucket}/ds"
-    write_dataset(out, "val", 7, SynthConfig(image_size=32), shard_size=4, formats=("wds", "parquet"),
-                  storage_options=opts)
+    write_dataset(
+        out, "val", 7, SynthConfig(image_size=32), shard_size=4, formats=("wds", "parquet"), storage_options=opts
+    )
     for name, expected in (("shard-000000", 4), ("shard-000001", 3)):
         for ext in ("tar", "parquet"):
             uri = f"{out}/val/{name}.{ext}"

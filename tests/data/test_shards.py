@@ -97,9 +97,7 @@ def test_wds_sample_without_image_is_an_error_row(tmp_path):
 
 def test_wds_text_labels_use_class_names(tmp_path):
     shard = tmp_path / "s.tar"
-    write_tar(
-        shard, [("a.png", image_bytes(5)), ("a.cls", b"cat\n"), ("b.png", image_bytes(5)), ("b.cls", b"owl")]
-    )
+    write_tar(shard, [("a.png", image_bytes(5)), ("a.cls", b"cat\n"), ("b.png", image_bytes(5)), ("b.cls", b"owl")])
     records = list(iter_shard_records(str(shard), options=ReadOptions(class_names=("dog", "cat"))))
     assert [r.label for r in records] == [1, None]
 
@@ -197,9 +195,7 @@ def test_parquet_missing_image_column_and_not_parquet_are_shard_errors(tmp_path)
     bad.write_bytes(b"PAR1 nope")
     (record,) = list(iter_shard_records(str(bad)))
     assert record.error.startswith("shard: not a Parquet file")
-    (record,) = list(
-        iter_shard_records(str(shard), options=ReadOptions(image_column="pixels", key_column="k"))
-    )
+    (record,) = list(iter_shard_records(str(shard), options=ReadOptions(image_column="pixels", key_column="k")))
     assert "no key column 'k'" in record.error
 
 
@@ -235,9 +231,7 @@ def test_folder_class_subfolders_become_labels(tmp_path):
 
 def test_folder_labels_follow_given_class_names_and_default_is_unlabelled(tmp_path):
     _image_tree(tmp_path)
-    shards = discover_shards(
-        str(tmp_path), options=ReadOptions(class_folders=True, class_names=("dog", "cat"))
-    )
+    shards = discover_shards(str(tmp_path), options=ReadOptions(class_folders=True, class_names=("dog", "cat")))
     assert [s.label for s in shards] == [1, 0]
     assert [s.label for s in discover_shards(str(tmp_path))] == [None, None]
 
@@ -363,8 +357,9 @@ def test_count_truncated_and_broken_tars_like_the_reader(tmp_path):
 
 def test_count_parquet_from_the_footer_including_rows_without_images(tmp_path):
     shard = tmp_path / "p.parquet"
-    write_parquet(shard, {"image": [image_bytes(1), None, image_bytes(3)] * 50, "label": [1, 2, 3] * 50},
-                  row_group_size=16)
+    write_parquet(
+        shard, {"image": [image_bytes(1), None, image_bytes(3)] * 50, "label": [1, 2, 3] * 50}, row_group_size=16
+    )
     assert count_images(str(shard)) == _records(str(shard)) == 150
     options = ReadOptions(image_column="pixels")
     assert count_images(str(shard), options=options) == _records(str(shard), options) == 1
@@ -395,16 +390,26 @@ def test_unknown_text_labels_are_kept_for_the_caller(tmp_path):
     write_tar(
         shard,
         [
-            ("a.png", image_bytes(5)), ("a.cls", b"cat\n"),
-            ("b.png", image_bytes(5)), ("b.cls", b"owl"),
-            ("c.png", image_bytes(5)), ("c.json", json.dumps({"label": "emu"}).encode()),
-            ("d.png", image_bytes(5)), ("d.json", json.dumps({"label": "emu"}).encode()), ("d.cls", b"dog"),
-            ("e.png", image_bytes(5)), ("e.cls", b"-1"),
+            ("a.png", image_bytes(5)),
+            ("a.cls", b"cat\n"),
+            ("b.png", image_bytes(5)),
+            ("b.cls", b"owl"),
+            ("c.png", image_bytes(5)),
+            ("c.json", json.dumps({"label": "emu"}).encode()),
+            ("d.png", image_bytes(5)),
+            ("d.json", json.dumps({"label": "emu"}).encode()),
+            ("d.cls", b"dog"),
+            ("e.png", image_bytes(5)),
+            ("e.cls", b"-1"),
         ],
     )
     records = list(iter_shard_records(str(shard), options=ReadOptions(class_names=("dog", "cat"))))
     assert [(r.label, r.unknown_label) for r in records] == [
-        (1, None), (None, "owl"), (None, "emu"), (0, None), (None, None)
+        (1, None),
+        (None, "owl"),
+        (None, "emu"),
+        (0, None),
+        (None, None),
     ]
     (plain,) = [r for r in iter_shard_records(str(shard)) if r.key.endswith("#a")]
     assert (plain.label, plain.unknown_label) == (None, "cat")  # no class names: still visible

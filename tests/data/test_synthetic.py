@@ -127,9 +127,7 @@ def test_output_is_byte_identical_whatever_the_sharding(tmp_path):
     write_dataset(str(tmp_path / "a"), "val", 9, config, shard_size=3)
     write_dataset(str(tmp_path / "b"), "val", 9, config, shard_size=9)
     write_dataset(str(tmp_path / "c"), "val", 9, config, shard_size=3)
-    assert (tmp_path / "a/val/shard-000001.tar").read_bytes() == (
-        tmp_path / "c/val/shard-000001.tar"
-    ).read_bytes()
+    assert (tmp_path / "a/val/shard-000001.tar").read_bytes() == (tmp_path / "c/val/shard-000001.tar").read_bytes()
     a = {r["key"].split("#")[1]: r["image"] for r in read_images(str(tmp_path / "a" / "val"))}
     b = {r["key"].split("#")[1]: r["image"] for r in read_images(str(tmp_path / "b" / "val"))}
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -219,13 +217,13 @@ def test_write_dataset_refuses_a_non_empty_split_even_of_foreign_files(tmp_path)
 
 
 def test_overwrite_removes_everything_that_was_in_the_split_first(tmp_path):
-    write_dataset(str(tmp_path), "test", 10, SynthConfig(image_size=48, seed=1), shard_size=4,
-                  formats=("wds", "parquet"))
+    write_dataset(
+        str(tmp_path), "test", 10, SynthConfig(image_size=48, seed=1), shard_size=4, formats=("wds", "parquet")
+    )
     (tmp_path / "test" / "notes.txt").write_text("mine")
     (tmp_path / "val").mkdir()
     (tmp_path / "val" / "keep.bin").write_bytes(b"other split")
-    manifest = write_dataset(str(tmp_path), "test", 3, SynthConfig(image_size=48, seed=2), shard_size=4,
-                             overwrite=True)
+    manifest = write_dataset(str(tmp_path), "test", 3, SynthConfig(image_size=48, seed=2), shard_size=4, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "test").iterdir()) == ["_manifest.json", "shard-000000.tar"]
     assert manifest["count"] == len(list(read_images(str(tmp_path / "test")))) == 3
     assert (tmp_path / "val" / "keep.bin").exists()  # only the split is replaced
@@ -237,8 +235,7 @@ def test_classes_file_conflict_is_refused_even_with_overwrite(tmp_path):
         with pytest.raises(
             ValueError, match=r"classes.txt lists 10 classes \(0, 1, .*but this split uses 2 classes \(A, B\)"
         ):
-            write_dataset(str(tmp_path), "val", 2, SynthConfig(image_size=48, classes="AB"),
-                          overwrite=overwrite)
+            write_dataset(str(tmp_path), "val", 2, SynthConfig(image_size=48, classes="AB"), overwrite=overwrite)
     assert not (tmp_path / "val").exists()
     write_dataset(str(tmp_path), "val", 2, SynthConfig(image_size=48))  # same classes: fine
 
@@ -273,8 +270,7 @@ def test_out_that_is_a_file_is_refused(tmp_path):
 
 
 def test_manifest_names_shards_relative_to_itself_so_copies_work(tmp_path):
-    write_dataset(str(tmp_path / "a"), "test", 5, SynthConfig(image_size=48), shard_size=2,
-                  formats=("wds", "parquet"))
+    write_dataset(str(tmp_path / "a"), "test", 5, SynthConfig(image_size=48), shard_size=2, formats=("wds", "parquet"))
     raw = json.loads((tmp_path / "a" / "test" / "_manifest.json").read_text())
     assert raw["shards"][:2] == ["shard-000000.tar", "shard-000000.parquet"]
     assert all("/" not in s for s in raw["shards"]) and len(raw["shard_md5"]) == 6

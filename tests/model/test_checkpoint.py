@@ -51,7 +51,7 @@ def test_round_trip_is_exact(tmp_path):
     assert loaded.card.preprocessing == model.card.preprocessing
     assert torch.equal(loaded.card.calibration["confidences"], model.card.calibration["confidences"])
     assert loaded.card.provenance["run"] == "test"
-    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -73,8 +73,10 @@ def test_file_is_weights_only_and_self_describing():
     [
         (lambda p: p["state_dict"].pop("policy.actor.0.weight"), r"missing tensors: policy\.actor\.0\.weight"),
         (lambda p: p["state_dict"].__setitem__("extra.weight", torch.zeros(1)), r"unexpected tensors: extra\.weight"),
-        (lambda p: p["state_dict"].__setitem__("classifier.fc.bias", torch.zeros(4)),
-         r"mis-shaped tensors: classifier\.fc\.bias \(4,\) \(expected \(3,\)\)"),
+        (
+            lambda p: p["state_dict"].__setitem__("classifier.fc.bias", torch.zeros(4)),
+            r"mis-shaped tensors: classifier\.fc\.bias \(4,\) \(expected \(3,\)\)",
+        ),
         (lambda p: p.__setitem__("format_version", 99), "format version 99"),
         (lambda p: p.pop("state_dict"), "missing the 'state_dict' entry"),
         (lambda p: p["arch"].__setitem__("backbon", "tiny"), "unknown config key arch.backbon"),

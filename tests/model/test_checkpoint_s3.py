@@ -21,4 +21,4 @@ def test_checkpoint_round_trip_through_s3(s3_server):
     with pytest.raises(OSError, match="model-missing.pt"):
         gfpipe.load_checkpoint(uri.replace("model.pt", "model-missing.pt"), storage_options=s3_server.storage_options)
     with pytest.raises((CheckpointError, OSError)):
-        gfpipe.load_checkpoint(f"s3://no-such-bucket-xyz/model.pt", storage_options=s3_server.storage_options)
+        gfpipe.load_checkpoint("s3://no-such-bucket-xyz/model.pt", storage_options=s3_server.storage_options)

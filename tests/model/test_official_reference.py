@@ -28,7 +28,7 @@ def test_reproduces_official_forward(arch, vectors, tmp_path):
     path = tmp_path / f"{arch}.pth.tar"
     path.write_bytes(_file(official_checkpoint(arch, ref["patch_size"], ref["T"])))
     model = gfpipe.load_checkpoint(str(path))
-    assert model.config.T == ref["T"] and model.config.patch_size == ref["patch_size"]
+    assert ref["T"] == model.config.T and model.config.patch_size == ref["patch_size"]
     x = reference_input(ref["seed"], ref["n"])
     with torch.no_grad():
         logits, actions = model.anytime(x, return_locations=True)

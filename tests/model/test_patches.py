@@ -22,7 +22,7 @@ def test_batched_extraction_equals_slicing_each_image():
     assert patches.shape == (5, 3, 12, 12)
     for i in range(5):
         r, c = corners[i].tolist()
-        assert torch.equal(patches[i], images[i, :, r:r + 12, c:c + 12])
+        assert torch.equal(patches[i], images[i, :, r : r + 12, c : c + 12])
 
 
 def test_extraction_from_a_store_by_index():
@@ -31,5 +31,5 @@ def test_extraction_from_a_store_by_index():
     index = torch.tensor([4, 0, 4])
     corners = torch.tensor([[0, 0], [8, 3], [2, 10]])
     patches = extract_patches(store, corners, 10, image_index=index)
-    for i, (src, (r, c)) in enumerate(zip(index.tolist(), corners.tolist())):
-        assert torch.equal(patches[i], store[src, :, r:r + 10, c:c + 10])
+    for i, (src, (r, c)) in enumerate(zip(index.tolist(), corners.tolist(), strict=True)):
+        assert torch.equal(patches[i], store[src, :, r : r + 10, c : c + 10])
