@@ -61,12 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     selected = next((a for a in argv if not a.startswith("-")), None)
     args = _parser(selected if selected in SUBCOMMANDS else None).parse_args(argv)
     verbose = getattr(args, "verbose", False)
+    # gfpipe's own progress and notes at INFO; other libraries (botocore, s3fs, ...) only when
+    # they warn, unless -v asks for everything.
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )
+    logging.getLogger(PROG).setLevel(logging.DEBUG if verbose else logging.INFO)
     tune_allocator()  # steady model-call times: see gfpipe.runtime
     module = importlib.import_module(SUBCOMMANDS[args.command][0])
     try:

@@ -95,6 +95,7 @@ BAD_INVOCATIONS = [
     (["evaluate", "--checkpoint", "model.pt", "--data", "twenty/val", "--out", "eval"], "classes"),
     (["evaluate", "--checkpoint", "model.pt", "--data", "letters/val", "--out", "eval"], "not among the model's 10"),
     (EVAL + ["--arch", "resnet50"], "arch"),
+    (EVAL + ["--class-folders"], "--class-folders is for image folders"),
     (["evaluate", "--checkpoint", "model.pt"], "--data"),
     (["costs", "--checkpoint", "model.pt", "--T", "5", "--patch-size", "64"], "--T 5 (the checkpoint has 3)"),
     (["costs", "--arch", "resnet5"], "resnet5"),
@@ -152,11 +153,16 @@ def test_verbose_works_before_and_after_the_subcommand(workspace):
     assert failed.returncode == 2 and "Traceback" in failed.stderr  # -v adds the traceback
 
 
-def test_piping_into_head_is_not_an_error(workspace):
-    shell = f"{sys.executable} -m gfpipe.cli costs --arch resnet50 --T 5 | head -1"
-    result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=workspace, capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.startswith("resnet50"), result.stderr
-    assert "Error" not in result.stderr
+def test_piping_into_head_is_not_an_error(workspace, tmp_path):
+    for command, first in (
+        ("costs --arch resnet50 --T 5", "resnet50"),
+        (f"evaluate --checkpoint model.pt --data glyphs/val --out {tmp_path}/eval --points 2000", "8 images"),
+    ):
+        shell = f"{sys.executable} -m gfpipe.cli {command} | head -1"
+        result = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=workspace, capture_output=True, text=True)
+        assert result.returncode == 0 and result.stdout.startswith(first), result.stderr
+        assert "Error" not in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "eval" / "evaluate.json").exists()  # the work was finished all the same
 
 
 def test_synth_refuses_to_mix_datasets_and_overwrite_replaces(workspace, tmp_path):
@@ -178,3 +184,23 @@ def test_synth_refuses_to_mix_datasets_and_overwrite_replaces(workspace, tmp_pat
     assert len(list(read_images(out + "/test"))) == 4
     manifest = json.loads((tmp_path / "ds" / "test" / "_manifest.json").read_text())
     assert manifest["count"] == 4 and manifest["shards"] == ["shard-000000.tar"]
+
+
+@pytest.mark.slow
+def test_s3_mistakes_are_one_line_too(workspace, s3_server):
+    """With credentials from the environment (as on a cluster): a missing bucket, prefix or
+    checkpoint is one line naming it; library chatter (botocore's credential notes) stays quiet."""
+    bucket = s3_server.make_bucket("cli")
+    env = s3_server.env()
+    ok = gfpipe_cli("synth", "--out", f"s3://{bucket}/glyphs", "--split", "val", "--count", "4", cwd=workspace, env=env)
+    assert ok.returncode == 0 and ok.stderr.count("\n") == 1, ok.stderr  # the one progress line
+    cases = [
+        (["--data", f"s3://{bucket}/glyphs/val", "--out", "s3://no-such-bucket/eval"], "no-such-bucket"),
+        (["--data", f"s3://{bucket}/nothing-here", "--out", f"s3://{bucket}/eval"], "nothing-here"),
+    ]
+    for args, named in cases:
+        result = gfpipe_cli("evaluate", "--checkpoint", "model.pt", *args, cwd=workspace, env=env)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and named in lines[0], result.stderr
+    missing = gfpipe_cli("costs", "--checkpoint", f"s3://{bucket}/model.pt", cwd=workspace, env=env)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "model.pt" in missing.stderr

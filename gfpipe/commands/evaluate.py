@@ -90,10 +90,16 @@ def run(args: argparse.Namespace) -> int:
     )
     shards = discover_shards(args.data, options, read_options)
     calibration_shards = discover_shards(args.calibration, options, read_options) if args.calibration else None
+    if args.class_folders and any(shard.format != "folder" for shard in shards):
+        raise ValueError(
+            f"--class-folders is for image folders, but {args.data} holds {shards[0].format} shards "
+            "(their labels come from the shards and classes.txt); drop --class-folders"
+        )
     total = _total(shards, options, read_options, count_images)
-    budget = args.budget
-    if budget is not None and (budget.kind == "mean" or (budget.kind == "total" and total)):
-        budget.resolve(step_costs(model), num_images=total)  # an infeasible budget fails now, not after the pass
+    budget, costs = args.budget, step_costs(model)
+    checkable = budget is not None and (budget.kind == "mean" or (budget.kind == "total" and total))
+    if checkable and budget.per_image(num_images=total) < costs[0]:
+        budget.resolve(costs, num_images=total)  # raises now, not after the pass over the data
 
     def records(selected):
         return read_images(selected, options, options=read_options, draft_size=model.card.preprocessing.resize)

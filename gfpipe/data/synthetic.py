@@ -458,8 +458,8 @@ def _clear_split(split_dir: str, overwrite: bool, storage_options: Mapping[str, 
         names = ", ".join(posixpath.relpath(f, path) for f in sorted(found)[:3])
         more = f" and {len(found) - 3} more" if len(found) > 3 else ""
         raise FileExistsError(
-            f"{split_dir} already holds {len(found)} files ({names}{more}); pass overwrite=True "
-            "(gfpipe synth --overwrite) to replace this split, or choose another --out"
+            f"{split_dir} already holds {len(found)} files ({names}{more}); replace this split with --overwrite "
+            "(overwrite=True in Python), or write somewhere else"
         )
     log.info("removing %d files under %s (overwrite)", len(found), split_dir)
     try:
