@@ -294,6 +294,7 @@ def _import_official(
         classifier_hidden=classifier_hidden or None,
         policy_hidden=policy_hidden,
         glance_interpolation="bicubic",
+        encoder_heads=True,  # the files carry both encoders' heads: kept for fine-tuning (Eq. 3)
     )
     card = ModelCard(
         class_names=tuple(names),
@@ -312,13 +313,10 @@ def _import_official(
     state: dict[str, Tensor] = {}
     for prefix, encoder in (("global_encoder", prime), ("local_encoder", local)):
         for k, v in encoder.items():
-            if k.startswith(f"{head}."):
-                # The encoders' ImageNet heads are unused by GFNet, except MobileNet's global
-                # one, which is the cascade's first-step classifier.
-                if cascade and prefix == "global_encoder":
-                    state[f"classifier.fc_1.{k.split('.', 1)[1]}"] = v
-                continue
-            state[f"{prefix}.{k}"] = v
+            state[f"{prefix}.{k}"] = v  # the encoder's own head included (training's aux term)
+            if cascade and prefix == "global_encoder" and k.startswith(f"{head}."):
+                # MobileNet's step-1 logits are the global encoder's own head (inference.py).
+                state[f"classifier.fc_1.{k.split('.', 1)[1]}"] = v
     for k, v in fc.items():
         step = k.split(".")[0].removeprefix("fc_")
         if cascade and step.isdigit() and int(step) > T:

@@ -35,6 +35,22 @@ class Backbone(nn.Module):
             size = math.ceil(size / 2)
         return size
 
+    @property
+    def head(self) -> nn.Linear | None:
+        """The encoder's own linear classifier on its pooled features (`fc` or `classifier`, as
+        the family's files name it), or None when built without one. GFNet uses it only for
+        the auxiliary term of its training loss; inference never calls it."""
+        return getattr(self, "fc", None) or getattr(self, "classifier", None)
+
+
+def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
+    """Stochastic depth ("drop-connect"): zero a residual branch for a random subset of images
+    in training, scaling the kept ones by 1 / (1 - rate); identity in eval."""
+    if not training or rate <= 0.0:
+        return x
+    keep = torch.empty(x.shape[0], *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype).bernoulli_(1 - rate)
+    return x * keep / (1 - rate)
+
 
 def _init_weights(module: nn.Module) -> None:
     """He init for convolutions, unit BN, small linear weights: the torchvision/timm defaults."""
@@ -114,7 +130,7 @@ class ResNet(Backbone):
         self.layer3 = self._make_layer(block, 256, layers[2], 2)
         self.layer4 = self._make_layer(block, 512, layers[3], 2)
         self.feature_dim = self.map_channels = 512 * block.expansion
-        # The ImageNet head exists only to load torchvision files strictly; GFNet never uses it.
+        # The encoder's own head (`head`): for torchvision files and GFNet's auxiliary loss.
         self.fc = nn.Linear(self.feature_dim, head_classes) if head_classes else None
         _init_weights(self)
 
@@ -171,8 +187,9 @@ def _activation(name: str) -> Callable[[Tensor], Tensor]:
 class DepthwiseSeparable(nn.Module):
     """First MobileNet-V3 block: depthwise 3x3, pointwise 1x1, residual when shapes allow."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, act: str):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, act: str, drop_path: float = 0.0):
         super().__init__()
+        self.drop_path = drop_path
         self.conv_dw = nn.Conv2d(cin, cin, kernel, stride, kernel // 2, groups=cin, bias=False)
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv_pw = nn.Conv2d(cin, cout, 1, bias=False)
@@ -182,14 +199,17 @@ class DepthwiseSeparable(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.bn2(self.conv_pw(self.act(self.bn1(self.conv_dw(x)))))
-        return out + x if self.has_skip else out
+        return drop_path(out, self.drop_path, self.training) + x if self.has_skip else out
 
 
 class InvertedResidual(nn.Module):
     """Expand 1x1 -> depthwise kxk -> (squeeze-excite) -> project 1x1, residual when shapes allow."""
 
-    def __init__(self, cin: int, mid: int, cout: int, kernel: int, stride: int, act: str, se: bool):
+    def __init__(
+        self, cin: int, mid: int, cout: int, kernel: int, stride: int, act: str, se: bool, drop_path: float = 0.0
+    ):
         super().__init__()
+        self.drop_path = drop_path
         self.conv_pw = nn.Conv2d(cin, mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.conv_dw = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
@@ -206,7 +226,7 @@ class InvertedResidual(nn.Module):
         if self.se is not None:
             out = self.se(out)
         out = self.bn3(self.conv_pwl(out))
-        return out + x if self.has_skip else out
+        return drop_path(out, self.drop_path, self.training) + x if self.has_skip else out
 
 
 class ConvBnAct(nn.Module):
@@ -240,27 +260,31 @@ class MobileNetV3Large(Backbone):
     """MobileNet-V3-Large 1.00. Feature map = output of `blocks` (960 ch); pooled = global
     average of it, then `conv_head` (1x1 with bias) and hard-swish: 1280-d."""
 
-    def __init__(self, head_classes: int | None = None):
+    def __init__(self, head_classes: int | None = None, drop_connect: float = 0.0):
         super().__init__()
         self.conv_stem = nn.Conv2d(3, 16, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         stages: list[nn.Module] = []
         cin = 16
+        total = sum(len(stage) for stage in _MOBILENETV3_LARGE)
+        index = 0
         for stage in _MOBILENETV3_LARGE:
             blocks: list[nn.Module] = []
             for kernel, expansion, cout, se, act, stride in stage:
+                rate = drop_connect * index / total  # deeper blocks drop more (timm's schedule)
+                index += 1
                 if expansion == 1:
-                    blocks.append(DepthwiseSeparable(cin, cout, kernel, stride, act))
+                    blocks.append(DepthwiseSeparable(cin, cout, kernel, stride, act, rate))
                 else:
                     mid = make_divisible(cin * expansion)
-                    blocks.append(InvertedResidual(cin, mid, cout, kernel, stride, act, se))
+                    blocks.append(InvertedResidual(cin, mid, cout, kernel, stride, act, se, rate))
                 cin = cout
             stages.append(nn.Sequential(*blocks))
         stages.append(nn.Sequential(ConvBnAct(cin, 960, "hswish")))
         self.blocks = nn.Sequential(*stages)
         self.conv_head = nn.Conv2d(960, 1280, 1, bias=True)
         self.map_channels, self.feature_dim = 960, 1280
-        # Kept only so timm-style files load strictly; GFNet's first-step head lives in its classifier.
+        # The encoder's own head (`head`): for timm-style files and GFNet's auxiliary loss.
         self.classifier = nn.Linear(1280, head_classes) if head_classes else None
         _init_weights(self)
 
@@ -313,13 +337,16 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet18": lambda head_classes=None, **_: ResNet(BasicBlock, [2, 2, 2, 2], head_classes),
     "resnet34": lambda head_classes=None, **_: ResNet(BasicBlock, [3, 4, 6, 3], head_classes),
     "resnet50": lambda head_classes=None, **_: ResNet(Bottleneck, [3, 4, 6, 3], head_classes),
-    "mobilenetv3_large_100": lambda head_classes=None, **_: MobileNetV3Large(head_classes),
+    "mobilenetv3_large_100": lambda head_classes=None, drop_connect=0.0, **_: MobileNetV3Large(
+        head_classes, drop_connect
+    ),
     "tiny": lambda head_classes=None, width=16, **_: TinyCNN(width, head_classes),
 }
 
 
-def build_backbone(name: str, head_classes: int | None = None, width: int = 16) -> Backbone:
-    """Backbone by registry name; `width` applies to `tiny` only."""
+def build_backbone(name: str, head_classes: int | None = None, width: int = 16, drop_connect: float = 0.0) -> Backbone:
+    """Backbone by registry name; `width` applies to `tiny` only, `drop_connect` (stochastic
+    depth of residual blocks, training only) to the families that use it (MobileNet-V3)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[name](head_classes=head_classes, width=width)
+    return BACKBONES[name](head_classes=head_classes, width=width, drop_connect=drop_connect)

@@ -32,13 +32,31 @@ from gfpipe.model.policy import PatchPolicy, PolicyOutput
 # ResNet and MobileNet-V3; small ones for the tiny test/demo backbone).
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "resnet": dict(
-        classifier="gru", classifier_hidden=1024, policy_conv_channels=0, policy_hidden=1024, policy_mlp_width=2048
+        classifier="gru",
+        classifier_hidden=1024,
+        policy_conv_channels=0,
+        policy_hidden=1024,
+        policy_mlp_width=2048,
+        dropout=0.0,
+        drop_connect=0.0,
     ),
     "mobilenetv3": dict(
-        classifier="cascade", classifier_hidden=0, policy_conv_channels=32, policy_hidden=256, policy_mlp_width=0
+        classifier="cascade",
+        classifier_hidden=0,
+        policy_conv_channels=32,
+        policy_hidden=256,
+        policy_mlp_width=0,
+        dropout=0.2,
+        drop_connect=0.2,
     ),
     "tiny": dict(
-        classifier="gru", classifier_hidden=128, policy_conv_channels=16, policy_hidden=128, policy_mlp_width=0
+        classifier="gru",
+        classifier_hidden=128,
+        policy_conv_channels=16,
+        policy_hidden=128,
+        policy_mlp_width=0,
+        dropout=0.0,
+        drop_connect=0.0,
     ),
 }
 
@@ -64,6 +82,10 @@ class GFNetConfig:
     policy_hidden: int | None = None
     policy_mlp_width: int | None = None
     glance_interpolation: str = "bicubic"
+    # Training only (identity in eval, so inference and the engine never see them):
+    encoder_heads: bool = False  # each encoder's own linear head, for the auxiliary loss of Eq. 3
+    dropout: float | None = None  # on the pooled features before the classifier and the heads
+    drop_connect: float | None = None  # stochastic depth in the encoders' residual blocks (MobileNet)
 
     def resolved(self) -> GFNetConfig:
         """A copy with every None replaced by its default; checks the values."""
@@ -99,6 +121,9 @@ class GFNetConfig:
             raise ConfigError(
                 f"glance_interpolation {self.glance_interpolation!r} is not one of bilinear, bicubic, area, nearest"
             )
+        for name in ("dropout", "drop_connect"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass
@@ -134,12 +159,15 @@ class GFState:
     policy: Tensor  # (N, H_p) policy GRU hidden (zeros before the first focus step)
     features: Tensor  # (N, C, h, w) feature map of the last step: the policy's input
     glimpses: Tensor  # (N, step - 1, 2) actions in [0, 1] of the patches used so far
+    pooled: Tensor  # (N, F) pooled features of the last step (its encoder head's input)
 
     def __len__(self) -> int:
         return self.classifier.shape[0]
 
     def _map(self, fn) -> GFState:
-        return GFState(self.step, fn(self.classifier), fn(self.policy), fn(self.features), fn(self.glimpses))
+        return GFState(
+            self.step, fn(self.classifier), fn(self.policy), fn(self.features), fn(self.glimpses), fn(self.pooled)
+        )
 
     def index(self, idx: Tensor | slice | Sequence[int]) -> GFState:
         """The state of a subset of images (bool mask, index tensor or slice)."""
@@ -164,6 +192,7 @@ class GFState:
             torch.cat([s.policy for s in states]),
             torch.cat([s.features for s in states]),
             torch.cat([s.glimpses for s in states]),
+            torch.cat([s.pooled for s in states]),
         )
 
 
@@ -179,8 +208,9 @@ class GFNet(nn.Module):
             raise ConfigError(
                 f"{len(self.card.class_names)} class names given for a model with {cfg.num_classes} classes"
             )
-        self.global_encoder = build_backbone(cfg.backbone, width=cfg.tiny_width)
-        self.local_encoder = build_backbone(cfg.backbone, width=cfg.tiny_width)
+        heads = cfg.num_classes if cfg.encoder_heads else None
+        self.global_encoder = build_backbone(cfg.backbone, heads, cfg.tiny_width, cfg.drop_connect)
+        self.local_encoder = build_backbone(cfg.backbone, heads, cfg.tiny_width, cfg.drop_connect)
         feat = self.global_encoder.feature_dim
         if cfg.classifier == "gru":
             self.classifier = GRUClassifier(feat, cfg.classifier_hidden, cfg.num_classes)
@@ -222,6 +252,7 @@ class GFNet(nn.Module):
         """Step 1 on images (N, 3, S, S) -> logits (N, K) and the state after step 1."""
         self._check_images(images)
         pooled, fmap = self.global_encoder(self.glance_input(images))  # (N, F), (N, C, h, w)
+        pooled = F.dropout(pooled, self.config.dropout, self.training)
         n = images.shape[0]
         logits, cls_state = self.classifier.step(pooled, self.classifier.init_state(n, pooled), 1)
         state = GFState(
@@ -230,12 +261,32 @@ class GFNet(nn.Module):
             policy=self.policy.init_state(n, pooled),
             features=fmap,
             glimpses=pooled.new_zeros(n, 0, 2),
+            pooled=pooled,
         )
         return logits, state
 
     def locate(self, state: GFState) -> PolicyOutput:
-        """Run the policy on the state's feature map: where the next focus step looks."""
-        return self.policy(state.features, state.policy)
+        """Run the policy on the state's feature map: where the next focus step looks.
+
+        The feature map is detached: the policy learns from its own reward (stage II) and never
+        pushes gradients into the encoders."""
+        return self.policy(state.features.detach(), state.policy)
+
+    def random_location(self, state: GFState, generator: torch.Generator | None = None) -> PolicyOutput:
+        """A uniformly random patch location for every image (training stages I and III's random
+        mode); the policy's hidden state carries on unchanged."""
+        n = len(state)
+        action = torch.rand(n, 2, generator=generator, device=state.policy.device, dtype=state.pooled.dtype)
+        return PolicyOutput(action, state.pooled.new_zeros(n, 1), state.policy)
+
+    def encoder_logits(self, state: GFState) -> Tensor:
+        """The last step's encoder head on its pooled features, (N, K): the global encoder's head
+        after the glance, the local encoder's after a focus step (the auxiliary term of Eq. 3).
+        Needs `encoder_heads=True`."""
+        encoder = self.global_encoder if state.step == 1 else self.local_encoder
+        if encoder.head is None:
+            raise ValueError("this GFNet was built without encoder heads (GFNetConfig.encoder_heads=False)")
+        return encoder.head(state.pooled)
 
     def focus(
         self,
@@ -249,8 +300,8 @@ class GFNet(nn.Module):
         `images` (N, 3, S, S) are the full-resolution images, row i for state row i; or, with
         `image_index` (N,), a larger store (M, 3, S, S) from which row image_index[i] is used
         (the engine's way of never copying whole images between steps). `location` defaults to
-        the policy's action mean (inference); training passes sampled or random actions (with
-        the policy hidden to carry on) instead.
+        the policy's action mean (inference); training passes sampled actions (see
+        `gfpipe.model.policy.sample_action`) or `random_location(state)` instead.
         """
         self._check_images(images)
         if state.step >= self.config.T:
@@ -264,10 +315,11 @@ class GFNet(nn.Module):
         corners = patch_corners(location.action, self.config.input_size, p)  # (N, 2)
         patches = extract_patches(images, corners, p, image_index)  # (N, 3, p, p)
         pooled, fmap = self.local_encoder(patches)
+        pooled = F.dropout(pooled, self.config.dropout, self.training)
         step = state.step + 1
         logits, cls_state = self.classifier.step(pooled, state.classifier, step)
         glimpses = torch.cat([state.glimpses, location.action.detach().to(pooled.dtype).unsqueeze(1)], 1)
-        return logits, GFState(step, cls_state, location.hidden, fmap, glimpses)
+        return logits, GFState(step, cls_state, location.hidden, fmap, glimpses, pooled)
 
     @torch.inference_mode()
     def anytime(self, images: Tensor, return_locations: bool = False):

@@ -10,6 +10,7 @@ used by PPO training only.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -63,3 +64,27 @@ class PatchPolicy(nn.Module):
         out, new_hidden = self.gru(x.unsqueeze(0), hidden.unsqueeze(0).contiguous())  # (1, N, H)
         out = out[0]
         return PolicyOutput(self.actor(out), self.critic(out), new_hidden[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The action distribution (training)
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_action(mean: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
+    """A location drawn from the Gaussian N(mean, std^2 I) around the actor's mean (N, 2), clamped
+    to [0, 1] (the official rollout's rule; the clamped action is what is stored and scored)."""
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return (mean + std * noise).clamp_(0.0, 1.0)
+
+
+def action_log_prob(mean: Tensor, action: Tensor, std: float) -> Tensor:
+    """log N(action; mean, std^2 I) summed over the two coordinates: (N, 2), (N, 2) -> (N,)."""
+    z = (action - mean) / std
+    return (-0.5 * z.pow(2) - math.log(std) - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+
+
+def action_entropy(std: float) -> float:
+    """Entropy of the 2-d Gaussian with a fixed std: a constant, so it adds no gradient (as in the
+    official code); kept so the loss reads like the paper's."""
+    return 2 * (0.5 + 0.5 * math.log(2 * math.pi) + math.log(std))
