@@ -58,8 +58,13 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
-    """Build dataclass `cls` from `data`, refusing unknown keys and converting nested values."""
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "", base: T | None = None) -> T:
+    """Build dataclass `cls` from `data`, refusing unknown keys and converting nested values.
+
+    Fields missing from `data` keep `base`'s values (default: the class defaults). A nested
+    dataclass field is merged the same way into its own default, so an override of one key in
+    a section never resets the section's other defaults.
+    """
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
@@ -74,9 +79,13 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name
-        kwargs[name] = _convert(hints[name], value, key)
+        current = getattr(base, name) if base is not None else fields[name].default
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            kwargs[name] = from_dict(type(current), value, key, base=current)
+        else:
+            kwargs[name] = _convert(hints[name], value, key)
     try:
-        return cls(**kwargs)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except TypeError as exc:  # a required field is missing
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
 

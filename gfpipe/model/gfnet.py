@@ -252,7 +252,7 @@ class GFNet(nn.Module):
         """Step 1 on images (N, 3, S, S) -> logits (N, K) and the state after step 1."""
         self._check_images(images)
         pooled, fmap = self.global_encoder(self.glance_input(images))  # (N, F), (N, C, h, w)
-        pooled = F.dropout(pooled, self.config.dropout, self.training)
+        pooled = F.dropout(pooled, self.config.dropout, self.global_encoder.training)  # as the encoder's own
         n = images.shape[0]
         logits, cls_state = self.classifier.step(pooled, self.classifier.init_state(n, pooled), 1)
         state = GFState(
@@ -276,7 +276,8 @@ class GFNet(nn.Module):
         """A uniformly random patch location for every image (training stages I and III's random
         mode); the policy's hidden state carries on unchanged."""
         n = len(state)
-        action = torch.rand(n, 2, generator=generator, device=state.policy.device, dtype=state.pooled.dtype)
+        where = generator.device if generator is not None else state.policy.device
+        action = torch.rand(n, 2, generator=generator, device=where).to(state.policy.device, state.pooled.dtype)
         return PolicyOutput(action, state.pooled.new_zeros(n, 1), state.policy)
 
     def encoder_logits(self, state: GFState) -> Tensor:
@@ -315,7 +316,7 @@ class GFNet(nn.Module):
         corners = patch_corners(location.action, self.config.input_size, p)  # (N, 2)
         patches = extract_patches(images, corners, p, image_index)  # (N, 3, p, p)
         pooled, fmap = self.local_encoder(patches)
-        pooled = F.dropout(pooled, self.config.dropout, self.training)
+        pooled = F.dropout(pooled, self.config.dropout, self.local_encoder.training)
         step = state.step + 1
         logits, cls_state = self.classifier.step(pooled, state.classifier, step)
         glimpses = torch.cat([state.glimpses, location.action.detach().to(pooled.dtype).unsqueeze(1)], 1)

@@ -74,7 +74,8 @@ class PatchPolicy(nn.Module):
 def sample_action(mean: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
     """A location drawn from the Gaussian N(mean, std^2 I) around the actor's mean (N, 2), clamped
     to [0, 1] (the official rollout's rule; the clamped action is what is stored and scored)."""
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    where = generator.device if generator is not None else mean.device
+    noise = torch.randn(mean.shape, generator=generator, device=where).to(mean.device, mean.dtype)
     return (mean + std * noise).clamp_(0.0, 1.0)
 
 

@@ -1,0 +1,230 @@
+"""Training configuration: frozen dataclasses hold the defaults, family presets and YAML hold overrides.
+
+How a run's configuration is resolved, last one winning:
+1. the dataclass defaults below (the paper's ResNet recipe where one applies);
+2. the backbone family's preset (`FAMILY_PRESETS`: TRAINING_SPEC.md's lambda, learning rates,
+   epochs, frozen global encoder, dropout);
+3. the YAML file (`--config`), holding only overrides, with strict keys;
+4. `--set key.path=value` overrides from the command line (values parsed as YAML).
+The resolved configuration is saved with every checkpoint (`to_dict`), so a model says exactly
+how it was trained. Storage credentials never enter it (they come from flags or the
+environment).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+from gfpipe.config import ConfigError, Preprocessing, from_dict, to_dict
+from gfpipe.model.gfnet import GFNetConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the labelled images are. URIs take everything a reader takes (folders, prefixes,
+    globs, brace patterns, s3://). Class names come from the data (classes.txt, class folders)
+    unless given; train and val must agree."""
+
+    train: str = ""
+    val: str = ""
+    calibration: str | None = None  # held-out data for the final calibration pass (default: val)
+    format: str = "auto"
+    class_folders: bool = False
+    class_names: tuple[str, ...] | None = None
+    max_val_images: int | None = None  # cap per validation pass (None: all of val)
+    max_calibration_images: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation on the worker: random-resized crop to the model input and a
+    horizontal flip (TRAINING_SPEC: every family). Validation uses resize + centre crop."""
+
+    random_resized_crop: bool = True
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisedStage:
+    """Stages 0, I and III: SGD with Nesterov momentum, a cosine schedule per epoch, Eq. 3's loss.
+
+    `locations`: where focus steps look: "random" (stage I), "policy" (stage III: sampled from
+    the frozen policy with `policy_std`; validation always uses the policy's mean).
+    `freeze_global`: keep the global encoder (and its head) frozen in eval mode (MobileNet-V3,
+    EfficientNet)."""
+
+    epochs: int = 0
+    encoder_lr: float = 0.01
+    classifier_lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    aux_weight: float = 1.0  # lambda of Eq. 3
+    freeze_global: bool = False
+    locations: str = "random"
+    policy_std: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyStage:
+    """Stage II: the patch policy by PPO, everything else frozen (TRAINING_SPEC.md)."""
+
+    epochs: int = 15
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    std: float = 0.1  # fixed std of the Gaussian around the actor's mean
+    gamma: float = 0.7  # discount of the reward-to-go
+    clip: float = 0.2  # PPO ratio clip
+    value_weight: float = 0.5
+    entropy_weight: float = 0.01
+    update_epochs: int = 1  # 1 = the official code (ratio 1 at the update); > 1 = proper PPO
+
+
+@dataclasses.dataclass(frozen=True)
+class ScalingSettings:
+    """Ray Train workers. `cpus_per_worker` None: sized from the cluster so workers plus the
+    data stages fit (see RAY_NOTES.md: over-asking CPUs deadlocks a small cluster)."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Where the run lives. Re-running with the same `name` and `storage` resumes it."""
+
+    name: str = "gfpipe-train"
+    storage: str = "runs"  # local folder or s3://bucket/prefix
+    output: str | None = None  # final checkpoint URI (default: STORAGE/NAME/model.pt)
+    max_failures: int = 2  # worker-group restarts from the last checkpoint
+    keep_checkpoints: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (see the module doc for how it is resolved)."""
+
+    model: GFNetConfig = GFNetConfig(encoder_heads=True)
+    preprocessing: Preprocessing = Preprocessing()
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    batch_size: int = 256  # global: divided among the workers
+    stage0: SupervisedStage = SupervisedStage(epochs=0, locations="random")
+    stage1: SupervisedStage = SupervisedStage(epochs=60)
+    stage2: PolicyStage = PolicyStage()
+    stage3: SupervisedStage = SupervisedStage(epochs=60, classifier_lr=0.01, locations="policy")
+    seed: int = 0
+    bf16: bool = True  # autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA (ignored on CPU)
+    log_every: int = 50  # batches between progress lines within an epoch
+    scaling: ScalingSettings = ScalingSettings()
+    run: RunSettings = RunSettings()
+
+    def check(self) -> TrainConfig:
+        """Values that no dataclass can check alone; returns self."""
+        if not self.data.train or not self.data.val:
+            raise ConfigError("data.train and data.val are required (URIs of labelled images)")
+        if self.batch_size < self.scaling.num_workers:
+            raise ConfigError(
+                f"batch_size {self.batch_size} is below num_workers {self.scaling.num_workers}: "
+                "each worker needs at least one image per batch"
+            )
+        if not self.model.encoder_heads:
+            raise ConfigError("model.encoder_heads must be true for training (the auxiliary loss of Eq. 3)")
+        for name in ("stage0", "stage1", "stage3"):
+            stage = getattr(self, name)
+            if stage.locations not in ("random", "policy"):
+                raise ConfigError(f"{name}.locations must be 'random' or 'policy', got {stage.locations!r}")
+        if self.stage0.epochs and self.stage0.freeze_global:
+            raise ConfigError("stage0 trains the global encoder; it cannot also freeze it")
+        for name in ("stage0", "stage1", "stage2", "stage3"):
+            if getattr(self, name).epochs < 0:
+                raise ConfigError(f"{name}.epochs must be >= 0")
+        if self.scaling.num_workers < 1:
+            raise ConfigError("scaling.num_workers must be >= 1")
+        return self
+
+
+# Per-family recipe overrides (TRAINING_SPEC.md); `tiny` follows ResNet's.
+FAMILY_PRESETS: dict[str, dict[str, Any]] = {
+    "resnet": {},
+    "tiny": {},
+    "mobilenetv3": {
+        "stage1": {"epochs": 90, "encoder_lr": 0.005, "aux_weight": 5.0, "freeze_global": True},
+        "stage3": {"epochs": 90, "encoder_lr": 0.005, "classifier_lr": 0.01, "aux_weight": 5.0, "freeze_global": True},
+    },
+}
+
+
+def family_of(backbone: str) -> str:
+    return next((f for f in FAMILY_PRESETS if backbone.startswith(f)), "resnet")
+
+
+def resolve_config(overrides: Mapping[str, Any] | None = None, sets: Sequence[str] = ()) -> TrainConfig:
+    """The run's TrainConfig from YAML-style overrides and `key.path=value` strings."""
+    data = copy.deepcopy(dict(overrides or {}))
+    for item in sets:
+        _apply_set(data, item)
+    backbone = (data.get("model") or {}).get("backbone", GFNetConfig().backbone)
+    preset = copy.deepcopy(FAMILY_PRESETS.get(family_of(str(backbone)), {}))
+    merged = _deep_merge(preset, data)
+    model = merged.setdefault("model", {})
+    model.setdefault("encoder_heads", True)
+    return from_dict(TrainConfig, merged)
+
+
+def load_config(path: str | None, sets: Sequence[str] = ()) -> TrainConfig:
+    """`resolve_config` from a local YAML file of overrides (or none) plus `--set` strings."""
+    overrides: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                overrides = yaml.safe_load(fh) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{path} must hold a mapping of config keys, got {type(overrides).__name__}")
+    return resolve_config(overrides, sets)
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    """The resolved configuration as plain data, for checkpoints and logs."""
+    return to_dict(config)
+
+
+def _apply_set(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. stage1.epochs=3")
+    path, text = item.split("=", 1)
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"--set {item!r}: the key is empty")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {key} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
