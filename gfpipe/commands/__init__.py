@@ -11,5 +11,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("gfpipe.commands.synth", "write a split of the cluttered-glyphs benchmark dataset"),
     "evaluate": ("gfpipe.commands.evaluate", "anytime and budgeted accuracy of a checkpoint on labelled data"),
     "costs": ("gfpipe.commands.costs", "per-step cumulative Multiply-Adds of a checkpoint or an architecture"),
+    "train": ("gfpipe.commands.train", "train a GFNet on a Ray cluster: three stages, calibration, one checkpoint"),
 }
 """Subcommand name -> (module, one-line help); a module is imported only when its subcommand runs."""

@@ -214,6 +214,16 @@ def _folder_shards(
     return [Shard(d, "folder", index.get(names[d]) if names[d] is not None else None) for d in folders]
 
 
+def class_folder_names(uri: str, storage_options: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The class names of an image-folder dataset: the first sub-folder under `uri`'s root of
+    every folder that holds images, sorted (the order `ReadOptions(class_folders=True)` numbers
+    them in without `class_names`). Empty when the images sit directly under the root."""
+    images = [f for f in list_shards(uri, storage_options) if is_image_name(f)]
+    root = _root_of(uri, storage_options)
+    names = {_class_of(root, folder) for folder in {posixpath.dirname(f) for f in images}}
+    return tuple(sorted(n for n in names if n is not None))
+
+
 def _abbrev(names: Any, limit: int = 10) -> str:
     names = list(names)
     return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")

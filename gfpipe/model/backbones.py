@@ -301,32 +301,39 @@ class MobileNetV3Large(Backbone):
 
 
 class TinyCNN(Backbone):
-    """Five stride-2 stages of two 3x3 conv-BN-ReLU each; width w gives channels
-    w, 2w, 4w, 8w, 8w. Same stride (32) as the real backbones, so policy shapes carry over."""
+    """A small CNN for tests, the demo and CPU training; width w gives channels w, 2w, 4w, 8w.
+
+    A lossless 2x2 space-to-depth stem (no pixel is thrown away, so small objects keep their
+    detail), then four stages of max-pool and two 3x3 conv-BN-ReLU: total stride 32, like the
+    real backbones, so policy shapes carry over. Pooled features are the global max and the
+    global average of the last map, concatenated: the max keeps a small object's evidence that
+    an average over a cluttered image would dilute.
+    """
 
     def __init__(self, width: int = 16, head_classes: int | None = None):
         super().__init__()
-        widths = [width, 2 * width, 4 * width, 8 * width, 8 * width]
-        layers: list[nn.Module] = []
-        cin = 3
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        layers: list[nn.Module] = [nn.PixelUnshuffle(2), *_conv_bn_relu(12, width)]
+        cin = width
         for cout in widths:
-            layers += [
-                nn.Conv2d(cin, cout, 3, 2, 1, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
-                nn.BatchNorm2d(cout),
-                nn.ReLU(inplace=True),
-            ]
+            layers += [nn.MaxPool2d(2, ceil_mode=True), *_conv_bn_relu(cin, cout), *_conv_bn_relu(cout, cout)]
             cin = cout
         self.features = nn.Sequential(*layers)
-        self.feature_dim = self.map_channels = cin
-        self.fc = nn.Linear(cin, head_classes) if head_classes else None
+        self.map_channels = cin
+        self.feature_dim = 2 * cin
+        self.fc = nn.Linear(self.feature_dim, head_classes) if head_classes else None
         _init_weights(self)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[-1] % 2 or x.shape[-2] % 2:  # space-to-depth needs an even size
+            x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
         fmap = self.features(x)  # (N, 8w, ceil(s/32), ceil(s/32))
-        return torch.flatten(F.adaptive_avg_pool2d(fmap, 1), 1), fmap
+        pooled = torch.cat([fmap.amax(dim=(2, 3)), fmap.mean(dim=(2, 3))], dim=1)  # (N, 16w)
+        return pooled, fmap
+
+
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,6 +41,19 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InitConfig:
+    """Where the weights start (`gfpipe.train.init`): scratch when all are empty. URIs, local
+    or object storage: `checkpoint` a gfpipe or official GFNet file (fine-tuning; heads of
+    another class count start fresh), `encoders` a backbone state dict (torchvision ResNet or
+    timm MobileNet-V3 layout) for both encoders, `global_encoder` one for f_G alone (e.g.
+    fine-tuned at glance size, as the paper starts f_G)."""
+
+    checkpoint: str | None = None
+    encoders: str | None = None
+    global_encoder: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """Training augmentation on the worker: random-resized crop to the model input and a
     horizontal flip (TRAINING_SPEC: every family). Validation uses resize + centre crop."""
@@ -65,6 +78,7 @@ class SupervisedStage:
     classifier_lr: float = 0.1
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    optimizer: str = "sgd"  # "sgd" (the paper: Nesterov, for fine-tuning pretrained encoders) | "adamw"
     aux_weight: float = 1.0  # lambda of Eq. 3
     freeze_global: bool = False
     locations: str = "random"
@@ -112,6 +126,7 @@ class TrainConfig:
     """Everything that defines a training run (see the module doc for how it is resolved)."""
 
     model: GFNetConfig = GFNetConfig(encoder_heads=True)
+    init: InitConfig = InitConfig()
     preprocessing: Preprocessing = Preprocessing()
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -142,6 +157,8 @@ class TrainConfig:
             stage = getattr(self, name)
             if stage.locations not in ("random", "policy"):
                 raise ConfigError(f"{name}.locations must be 'random' or 'policy', got {stage.locations!r}")
+            if stage.optimizer not in ("sgd", "adamw"):
+                raise ConfigError(f"{name}.optimizer must be 'sgd' or 'adamw', got {stage.optimizer!r}")
         if self.stage0.epochs and self.stage0.freeze_global:
             raise ConfigError("stage0 trains the global encoder; it cannot also freeze it")
         for name in ("stage0", "stage1", "stage2", "stage3"):

@@ -107,6 +107,8 @@ def augment(
     The generator lives on the CPU, so results do not depend on the device.
     """
     n, _, size, _ = images.shape
+    if not random_resized_crop and not hflip and size == out_size:
+        return images.float()  # nothing to do: skip the resampling pass
     if random_resized_crop:
         boxes = crop_boxes(n, size, scale, ratio, generator)
     else:

@@ -212,8 +212,12 @@ class Trainer:
         self._pending_optimizer = None
 
     def _sgd(self, groups: list[list[nn.Parameter]], settings: SupervisedStage) -> torch.optim.Optimizer:
+        """SGD with Nesterov momentum (the paper's, for pretrained encoders), or AdamW (training a
+        small encoder from scratch); one parameter group per learning rate."""
         lrs = [settings.encoder_lr, settings.classifier_lr]
         params = [{"params": g, "lr": lr, "base_lr": lr} for g, lr in zip(groups, lrs, strict=False) if g]
+        if settings.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=lrs[0], weight_decay=settings.weight_decay)
         return torch.optim.SGD(
             params, lr=lrs[0], momentum=settings.momentum, nesterov=True, weight_decay=settings.weight_decay
         )
