@@ -33,6 +33,8 @@ FORMAT_VERSION = 1
 OFFICIAL_KEYS = ("model_state_dict", "model_prime_state_dict", "fc", "policy")
 OFFICIAL_ARCHS = ("resnet50", "mobilenetv3_large_100")
 IMAGENET_PREPROCESSING = Preprocessing(resize=256, crop=224, interpolation="bilinear")
+BUILTIN = {"demo": "assets/demo.pt"}
+"""Models that ship with gfpipe, by name: the demo GFNet (configs/demo.yaml, BENCHMARKS.md)."""
 
 
 class CheckpointError(ValueError):
@@ -116,7 +118,8 @@ def load_checkpoint(
     """Load a gfpipe or official GFNet checkpoint into an eval-mode `GFNet` on `device`.
 
     `source` is a local path, a `file://` or other fsspec URI (e.g. `s3://bucket/model.pt`, with
-    `storage_options` such as `endpoint_url`), a binary file object or raw bytes. `overrides`
+    `storage_options` such as `endpoint_url`), a binary file object, raw bytes, or the name of a
+    model that ships with gfpipe (`BUILTIN`: "demo"), unless a file of that name exists. `overrides`
     supply what official files lack: `arch`, `patch_size`, `T`, `class_names` (a list or a path
     to a text file with one name per line); for gfpipe files only `class_names` may be given.
     """
@@ -135,7 +138,18 @@ def load_checkpoint(
     return model.to(device).eval()
 
 
+def builtin_path(name: str) -> str | None:
+    """The packaged file of a built-in model name ("demo"), or None for any other name."""
+    if name not in BUILTIN:
+        return None
+    from importlib import resources
+
+    return str(resources.files("gfpipe").joinpath(BUILTIN[name]))
+
+
 def _read(source: Any, storage_options: Mapping[str, Any] | None) -> Any:
+    if isinstance(source, str) and source in BUILTIN and not os.path.exists(source):
+        source = builtin_path(source)
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     elif isinstance(source, (str, os.PathLike)):

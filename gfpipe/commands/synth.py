@@ -27,6 +27,16 @@ def _formats(text: str) -> list[str]:
     return formats
 
 
+def _font_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX as fractions of the image size, got {text!r}") from None
+    if not 0 < low <= high < 1:
+        raise argparse.ArgumentTypeError(f"need 0 < MIN <= MAX < 1 (fractions of the image size), got {text}")
+    return low, high
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SynthConfig()
     parser.add_argument("--out", required=True, help="dataset folder URI (local path, file://, s3://...)")
@@ -62,6 +72,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.shift,
         help="moves the mix towards small targets (> 0) or large ones (< 0)",
     )
+    parser.add_argument(
+        "--small-font",
+        type=_font_range,
+        default=",".join(f"{v:g}" for v in defaults.small_font),
+        metavar="MIN,MAX",
+        help="font size range of small targets, as fractions of the image size",
+    )
+    parser.add_argument(
+        "--large-font",
+        type=_font_range,
+        default=",".join(f"{v:g}" for v in defaults.large_font),
+        metavar="MIN,MAX",
+        help="font size range of large targets, as fractions of the image size",
+    )
     parser.add_argument("--classes", default=defaults.classes, help="one character per class")
     parser.add_argument(
         "--image-format", default=defaults.image_format, choices=("jpg", "png"), help="how images are encoded"
@@ -85,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         shift=args.shift,
         seed=args.seed,
         image_format=args.image_format,
+        small_font=args.small_font,
+        large_font=args.large_font,
     )
     manifest = write_dataset(
         args.out,

@@ -372,7 +372,7 @@ def write_dataset(
             shards.append(file_name)
             shard_images[file_name] = len(rows)
             shard_md5[file_name] = digest
-        log.info("wrote %s (%d images)", join_uri(split_dir, name), len(rows))
+        log.debug("wrote %s (%d images)", join_uri(split_dir, name), len(rows))
     write_bytes(join_uri(out, CLASSES_FILE), ("\n".join(config.classes) + "\n").encode(), storage_options)
     manifest = {
         "generator": GENERATOR,

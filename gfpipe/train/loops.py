@@ -215,7 +215,11 @@ class Trainer:
         """SGD with Nesterov momentum (the paper's, for pretrained encoders), or AdamW (training a
         small encoder from scratch); one parameter group per learning rate."""
         lrs = [settings.encoder_lr, settings.classifier_lr]
-        params = [{"params": g, "lr": lr, "base_lr": lr} for g, lr in zip(groups, lrs, strict=False) if g]
+        seen: set[int] = set()
+        unique = []  # a parameter shared by two parts (one encoder for both) is optimised once
+        for group in groups:
+            unique.append([p for p in group if id(p) not in seen and not seen.add(id(p))])
+        params = [{"params": g, "lr": lr, "base_lr": lr} for g, lr in zip(unique, lrs, strict=False) if g]
         if settings.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=lrs[0], weight_decay=settings.weight_decay)
         return torch.optim.SGD(

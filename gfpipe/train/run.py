@@ -800,7 +800,9 @@ def _ddp_wrapper(config: TrainConfig):
 
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(
-            module, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": unused}
+            module,
+            move_to_device=False,
+            parallel_strategy_kwargs={"find_unused_parameters": unused, "gradient_as_bucket_view": True},
         )
 
     return wrap
@@ -812,7 +814,7 @@ def _torch_batches(
     kwargs: dict[str, Any] = {}
     if shuffle_seed is not None:
         kwargs = {"local_shuffle_buffer_size": 4 * batch_size, "local_shuffle_seed": shuffle_seed}
-    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=drop_last, **kwargs):
+    for batch in shard.iter_torch_batches(batch_size=batch_size, drop_last=drop_last, prefetch_batches=4, **kwargs):
         yield batch["image"], batch["label"]
 
 
