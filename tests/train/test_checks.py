@@ -23,14 +23,9 @@ from gfpipe.data.labels import LabelMap
 from gfpipe.data.shards import ReadOptions, Shard
 from gfpipe.data.synthetic import SynthConfig, write_dataset
 from gfpipe.train.config import config_dict, load_config
-from gfpipe.train.run import (
-    DONE_RECORD,
-    RUN_RECORD,
-    DropLedger,
-    decode_shards,
-    prepare_run,
-    worker_resources,
-)
+from gfpipe.train.ingest import DropLedger, decode_shards
+from gfpipe.train.plan import DONE_RECORD, RUN_RECORD, prepare_run
+from gfpipe.train.run import worker_resources
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "test-tiny.yaml")
