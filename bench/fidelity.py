@@ -1,12 +1,14 @@
 """The paper's findings on the cluttered-glyphs benchmark: does glance-and-focus work here too?
 
 Trains, with gfpipe's own training stages (single process, in-memory data), on a train split:
-  learned          GFNet, stages I-III (the checkpoint after stage II is `no_stage3`);
+  static_full      the tiny backbone on the whole image at full resolution (a plain classifier),
+                   from scratch: it stands in for the paper's ImageNet-trained network, the
+                   starting point of every other model's encoders;
+  static_glance    static_full fine-tuned on the glance (the whole image, downsampled);
+  learned          GFNet, stages 0-III (the model after stage II is `no_stage3`);
   no_glance        the same, but step 1 sees the centre patch at full resolution instead of the
                    downsampled whole image (Table 1's "w/o glance");
-  shared_encoder   the same, with one encoder for the glance and the patches;
-  static_full      the tiny backbone on the whole image at full resolution (a plain classifier);
-  static_glance    the tiny backbone on the glance (the whole image, downsampled).
+  shared_encoder   the same, with one encoder for the glance and the patches.
 Then on a test split none of them saw:
   anytime accuracy per step for every variant, plus the learned model with a random policy
   (`random`) and with the centre-then-corners policy (`centre_corner`);
@@ -16,7 +18,7 @@ Then on a test split none of them saw:
   static_full's MACs.
 Writes bench/results/fidelity.json and fidelity.png.
 
-    PYTHONPATH=. .venv/bin/python bench/fidelity.py            # the recorded run (about an hour)
+    PYTHONPATH=. .venv/bin/python bench/fidelity.py            # the recorded run (about 40 minutes)
     PYTHONPATH=. .venv/bin/python bench/fidelity.py --quick    # a smoke run of minutes
 """
 
@@ -72,7 +74,8 @@ class SharedEncoder(GFNet):
 
 
 def recipe(args: argparse.Namespace, **model) -> dict:
-    e1, e2, e3 = (args.epochs, max(2, args.epochs // 4), max(2, args.epochs // 3))
+    """The training config of one variant; `model` overrides the GFNet geometry."""
+    adamw = {"optimizer": "adamw", "weight_decay": 0.0001}
     return {
         "model": {
             "backbone": "tiny",
@@ -80,7 +83,7 @@ def recipe(args: argparse.Namespace, **model) -> dict:
             "input_size": 128,
             "glance_size": 48,
             "patch_size": 64,
-            "T": 3,
+            "T": args.T,
             "num_classes": len(CLASSES),
             **model,
         },
@@ -89,23 +92,15 @@ def recipe(args: argparse.Namespace, **model) -> dict:
         "data": {"train": str(DATA / "train"), "val": str(DATA / "val")},
         "batch_size": 64,
         "seed": args.seed,
-        "stage0": {"epochs": e1, "optimizer": "adamw", "encoder_lr": 0.001, "weight_decay": 0.0001},
-        "stage1": {
-            "epochs": e1,
-            "optimizer": "adamw",
-            "encoder_lr": 0.001,
-            "classifier_lr": 0.001,
-            "weight_decay": 0.0001,
-        },
-        "stage2": {"epochs": e2, "update_epochs": 4, "lr": 0.001},
-        "stage3": {
-            "epochs": e3,
-            "optimizer": "adamw",
-            "encoder_lr": 0.0005,
-            "classifier_lr": 0.0005,
-            "weight_decay": 0.0001,
-        },
+        "stage0": {"epochs": args.stage0_epochs, "encoder_lr": 0.001, **adamw},
+        "stage1": {"epochs": args.stage1_epochs, "encoder_lr": 0.001, "classifier_lr": 0.001, **adamw},
+        "stage2": {"epochs": args.stage2_epochs, "update_epochs": 4, "lr": 0.001},
+        "stage3": {"epochs": args.stage3_epochs, "encoder_lr": 0.0005, "classifier_lr": 0.0005, **adamw},
     }
+
+
+def preprocessing():
+    return resolve_config(recipe(build_parser().parse_args([]))).preprocessing
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -121,12 +116,12 @@ def make_data(args: argparse.Namespace) -> None:
 
 def load(split: str) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
     """All images of a split as uint8 (N, 3, 128, 128), labels, and their metadata (bbox, small)."""
-    config = resolve_config(recipe(argparse.Namespace(epochs=1, seed=0)))
+    prep = preprocessing()
     labels = LabelMap.build(CLASSES)
     images, ys, meta = [], [], []
     for shard in discover_shards(str(DATA / split)):
         for record in iter_shard_records(shard):
-            image, error = decode_for_eval(record.data, config.preprocessing)
+            image, error = decode_for_eval(record.data, prep)
             assert error is None, error
             images.append(torch.from_numpy(image))
             ys.append(labels.record_label(record))
@@ -144,14 +139,19 @@ def batches(x: torch.Tensor, y: torch.Tensor, epoch: int, size: int = 64):
         yield x[index], y[index]
 
 
-def train(name: str, cls: type[GFNet], cfg, train_xy, stages, log: list, snapshot_after: str | None = None):
-    """Run `stages` of `cfg` on a fresh `cls` model; returns it (and a copy after `snapshot_after`)."""
+def train(name: str, cls: type[GFNet], cfg, train_xy, log: list, init: GFNet | None = None):
+    """Every stage of `cfg` with epochs on a fresh `cls` model whose encoders start from `init`'s
+    encoder (the paper starts both from an ImageNet-trained network); returns the model and a copy
+    of it after stage II (the `no_stage3` row)."""
     torch.manual_seed(cfg.seed)
     model = cls(cfg.model)
+    if init is not None:
+        pretrained = init.global_encoder.state_dict()
+        model.global_encoder.load_state_dict(pretrained)
+        model.local_encoder.load_state_dict(pretrained)
     trainer = Trainer(cfg, model, "cpu")
-    snapshot = None
-    for stage in stages:
-        epochs = getattr(cfg, stage).epochs
+    after_stage2 = None
+    for stage, epochs in trainer.plan():
         started = time.perf_counter()
         for epoch in range(epochs):
             sums = trainer.train_epoch(stage, epoch, batches(*train_xy, epoch))
@@ -168,15 +168,19 @@ def train(name: str, cls: type[GFNet], cfg, train_xy, stages, log: list, snapsho
             f"  {name} {stage}: {epochs} epochs, {log[-1]['seconds']:.0f} s, loss {log[-1]['last_loss']:.3f}",
             flush=True,
         )
-        if stage == snapshot_after:
-            snapshot = copy.deepcopy(model)
-    return model.eval(), snapshot
+        if stage == "stage2":
+            after_stage2 = copy.deepcopy(model).eval()
+    return model.eval(), after_stage2
 
 
-def static(name: str, args, size: int, train_xy, log: list) -> GFNet:
-    """A plain classifier: the tiny backbone and its head on the whole image at `size` pixels."""
-    cfg = resolve_config(recipe(args, glance_size=size, patch_size=size, T=1))
-    model, _ = train(name, GFNet, cfg, train_xy, ["stage0"], log)
+def static(name: str, args, size: int, train_xy, log: list, init: GFNet | None = None) -> GFNet:
+    """A plain classifier: the tiny backbone and its head on the whole image at `size` pixels,
+    trained from scratch (`static_epochs`), or fine-tuned from `init` like GFNet's stage 0."""
+    config = recipe(args, glance_size=size, patch_size=size, T=1)
+    config["stage0"]["epochs"] = args.stage0_epochs if init is not None else args.static_epochs
+    for stage in ("stage1", "stage2", "stage3"):
+        config[stage]["epochs"] = 0
+    model, _ = train(name, GFNet, resolve_config(config), train_xy, log, init)
     return model
 
 
@@ -186,7 +190,7 @@ def static(name: str, args, size: int, train_xy, log: list) -> GFNet:
 @torch.inference_mode()
 def run_steps(model: GFNet, x: torch.Tensor, locations: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (T, N, K) and patch corners (T-1, N, 2) with the policy's mean, random or fixed locations."""
-    prep = resolve_config(recipe(argparse.Namespace(epochs=1, seed=0))).preprocessing
+    prep = preprocessing()
     generator = torch.Generator().manual_seed(seed)
     cfg = model.config
     fixed = [(0.5, 0.5), (0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]  # centre, then the corners
@@ -214,7 +218,7 @@ def run_steps(model: GFNet, x: torch.Tensor, locations: str, seed: int = 0) -> t
 @torch.inference_mode()
 def static_accuracy(model: GFNet, x: torch.Tensor, y: torch.Tensor) -> float:
     """A static classifier's accuracy: its encoder's own head on the whole image (no GFNet steps)."""
-    prep = resolve_config(recipe(argparse.Namespace(epochs=1, seed=0))).preprocessing
+    prep = preprocessing()
     correct = 0
     for start in range(0, len(x), 250):
         _, state = model.glance(normalise(x[start : start + 250], prep))
@@ -280,7 +284,7 @@ def plot(curve: list[dict], statics: dict, path: Path) -> None:
         label="GFNet (budgeted early exit)",
     )
     for name, item in statics.items():
-        ax.plot(item["macs"] / 1e6, 100 * item["accuracy"], "s", ms=7, label=f"{name.replace('_', ' ')} (static)")
+        ax.plot(item["macs"] / 1e6, 100 * item["accuracy"], "s", ms=7, label=name.replace("_", " ") + " (a static network)")
     ax.set_xlabel("mean MMACs per image")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("cluttered glyphs, tiny backbone")
@@ -294,17 +298,29 @@ def plot(curve: list[dict], statics: dict, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
-def main() -> None:
+QUICK = {"static_epochs": 2, "stage0_epochs": 1, "stage1_epochs": 2, "stage2_epochs": 2, "stage3_epochs": 1}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=40, help="stage I and static epochs (II: /4, III: /3)")
+    parser.add_argument("--T", type=int, default=5, help="GFNet steps (glance + T-1 patches)")
+    parser.add_argument("--static-epochs", type=int, default=15, help="static_full, the encoders' starting point")
+    parser.add_argument("--stage0-epochs", type=int, default=4, help="also static_glance's fine-tuning")
+    parser.add_argument("--stage1-epochs", type=int, default=12)
+    parser.add_argument("--stage2-epochs", type=int, default=20)
+    parser.add_argument("--stage3-epochs", type=int, default=6)
     parser.add_argument("--train-images", type=int, default=20000)
     parser.add_argument("--eval-images", type=int, default=2000, help="images in each of val and test")
-    parser.add_argument("--points", type=int, default=25, help="budgets in the accuracy-vs-MACs sweep")
+    parser.add_argument("--points", type=int, default=41, help="budgets in the accuracy-vs-MACs sweep")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 4 epochs, 2000 training images")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1-2 epochs a stage, 2000 training images")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.quick:
-        args.epochs, args.train_images, args.eval_images = 4, 2000, 500
+        vars(args).update(QUICK, train_images=2000, eval_images=500)
     tune_allocator()
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -313,15 +329,17 @@ def main() -> None:
     print(f"data: {len(train_xy[0])} train, {len(val_x)} val, {len(test_x)} test images", flush=True)
 
     log: list[dict] = []
-    cfg = resolve_config(recipe(args))
-    learned, no_stage3 = train("learned", GFNet, cfg, train_xy, ["stage1", "stage2", "stage3"], log, "stage2")
-    no_glance_cfg = resolve_config(recipe(args, glance_size=64))
-    no_glance, _ = train("no_glance", CentreFirst, no_glance_cfg, train_xy, ["stage1", "stage2", "stage3"], log)
-    shared, _ = train("shared_encoder", SharedEncoder, cfg, train_xy, ["stage1", "stage2", "stage3"], log)
+    # The paper starts both encoders from an ImageNet-trained network; here, from static_full.
+    static_full = static("static_full", args, 128, train_xy, log)
     statics = {
-        "static_full": static("static_full", args, 128, train_xy, log),
-        "static_glance": static("static_glance", args, 48, train_xy, log),
+        "static_full": static_full,
+        "static_glance": static("static_glance", args, 48, train_xy, log, static_full),
     }
+    cfg = resolve_config(recipe(args))
+    learned, no_stage3 = train("learned", GFNet, cfg, train_xy, log, static_full)
+    no_glance_cfg = resolve_config(recipe(args, glance_size=64))
+    no_glance, _ = train("no_glance", CentreFirst, no_glance_cfg, train_xy, log, static_full)
+    shared, _ = train("shared_encoder", SharedEncoder, cfg, train_xy, log, static_full)
 
     anytime, hits = {}, {}
     for name, model, locations in (
@@ -330,7 +348,7 @@ def main() -> None:
         ("centre_corner", learned, "fixed"),
         ("no_glance", no_glance, "policy"),
         ("shared_encoder", shared, "policy"),
-        ("no_stage3", no_stage3.eval(), "policy"),
+        ("no_stage3", no_stage3, "policy"),
     ):
         logits, corners = run_steps(model, test_x, locations, seed=args.seed)
         anytime[name] = accuracy_per_step(logits, test_y)
@@ -385,7 +403,7 @@ def main() -> None:
             "synth": {"image_size": SYNTH.image_size, "small_font": list(SYNTH.small_font), "seed": SYNTH.seed},
             "train_images": args.train_images,
             "eval_images": args.eval_images,
-            "epochs": args.epochs,
+            "epochs": {k: v for k, v in vars(args).items() if k.endswith("epochs")},
             "recipe": recipe(args),
         },
         "seconds": time.perf_counter() - started,
