@@ -284,7 +284,8 @@ def plot(curve: list[dict], statics: dict, path: Path) -> None:
         label="GFNet (budgeted early exit)",
     )
     for name, item in statics.items():
-        ax.plot(item["macs"] / 1e6, 100 * item["accuracy"], "s", ms=7, label=name.replace("_", " ") + " (a static network)")
+        label = name.replace("_", " ") + " (a static network)"
+        ax.plot(item["macs"] / 1e6, 100 * item["accuracy"], "s", ms=7, label=label)
     ax.set_xlabel("mean MMACs per image")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("cluttered glyphs, tiny backbone")
