@@ -8,9 +8,7 @@ The cases run in parallel threads (each is its own process) to keep the suite sh
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,17 +20,7 @@ import torch
 import gfpipe
 from gfpipe.data.synthetic import SYNTH_PREPROCESSING, SynthConfig, write_dataset
 from gfpipe.model import GFNet, GFNetConfig, ModelCard
-
-
-def gfpipe_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gfpipe.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", **(env or {})},
-    )
+from tests.cli_helpers import gfpipe_cli, one_line_error_problems
 
 
 def tiny_checkpoint(path: Path, num_classes: int = 10, T: int = 3) -> GFNet:
@@ -112,13 +100,7 @@ BAD_INVOCATIONS = [
 
 @pytest.mark.slow
 def test_every_bad_invocation_is_one_line_with_status_2(workspace):
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda case: gfpipe_cli(*case[0], cwd=workspace), BAD_INVOCATIONS))
-    problems = []
-    for (args, named), result in zip(BAD_INVOCATIONS, results, strict=True):
-        lines = result.stderr.strip().splitlines()
-        if result.returncode != 2 or len(lines) != 1 or "Traceback" in result.stderr or named not in result.stderr:
-            problems.append(f"gfpipe {' '.join(args)}\n  -> status {result.returncode}, stderr:\n{result.stderr}")
+    problems = one_line_error_problems(BAD_INVOCATIONS, workspace)
     assert not problems, "\n".join(problems)
     assert not (workspace / "eval").exists() or not any((workspace / "eval").iterdir())
 

@@ -4,13 +4,9 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import io
 import logging
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -26,6 +22,7 @@ from gfpipe.train.config import config_dict, load_config
 from gfpipe.train.ingest import DropLedger, decode_shards
 from gfpipe.train.plan import DONE_RECORD, RUN_RECORD, prepare_run
 from gfpipe.train.run import worker_resources
+from tests.cli_helpers import one_line_error_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "configs" / "test-tiny.yaml")
@@ -72,23 +69,7 @@ BAD = [
 
 @pytest.mark.slow
 def test_bad_input_is_one_line_with_status_2_before_ray_starts(workspace):
-    def run(args: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "gfpipe.cli", "train", *args],
-            cwd=workspace,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning", "RAY_ADDRESS": ""},
-        )
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda case: run(case[0]), BAD))
-    problems = []
-    for (args, named), result in zip(BAD, results, strict=True):
-        lines = result.stderr.strip().splitlines()
-        if result.returncode != 2 or len(lines) != 1 or "Traceback" in result.stderr or named not in result.stderr:
-            problems.append(f"gfpipe train {' '.join(args)}\n  -> status {result.returncode}, stderr:\n{result.stderr}")
+    problems = one_line_error_problems(BAD, workspace, prefix=["train"], env={"RAY_ADDRESS": ""})
     assert not problems, "\n".join(problems)
     assert not (workspace / "runs").exists()  # nothing was written for any of them
 
