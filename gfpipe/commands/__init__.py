@@ -8,6 +8,7 @@ Nothing in the library imports from here.
 """
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "classify": ("gfpipe.commands.classify", "tag an image archive under a compute budget (the nightly job)"),
     "synth": ("gfpipe.commands.synth", "write a split of the cluttered-glyphs benchmark dataset"),
     "evaluate": ("gfpipe.commands.evaluate", "anytime and budgeted accuracy of a checkpoint on labelled data"),
     "costs": ("gfpipe.commands.costs", "per-step cumulative Multiply-Adds of a checkpoint or an architecture"),

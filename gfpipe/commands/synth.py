@@ -86,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MIN,MAX",
         help="font size range of large targets, as fractions of the image size",
     )
+    parser.add_argument(
+        "--corrupt",
+        type=int_at_least(0),
+        default=0,
+        metavar="N",
+        help="replace N images with broken files (truncated, garbage, empty, HTML) to exercise error rows",
+    )
     parser.add_argument("--classes", default=defaults.classes, help="one character per class")
     parser.add_argument(
         "--image-format", default=defaults.image_format, choices=("jpg", "png"), help="how images are encoded"
@@ -121,10 +128,11 @@ def run(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         storage_options=options,
         overwrite=args.overwrite,
+        corrupt=args.corrupt,
     )
     console.print(
         f"wrote {manifest['count']} {args.split} images ({manifest['small_targets']} small targets) "
         f"in {len(manifest['shards'])} files under {join_uri(args.out, args.split)} "
-        f"in {manifest['seconds']:.1f} s"
+        f"in {manifest['seconds']:.1f} s" + (f", {args.corrupt} of them broken on purpose" if args.corrupt else "")
     )
     return 0

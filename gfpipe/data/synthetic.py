@@ -317,8 +317,13 @@ def write_dataset(
     shard_size: int = 500,
     storage_options: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    corrupt: int = 0,
 ) -> dict[str, Any]:
     """Write `count` images of `split` under `out`; returns the manifest (also written).
+
+    `corrupt` > 0 replaces that many images, spread evenly over the split, with broken files
+    (truncated, garbage, empty, an HTML error page; `corrupt_image`), for exercising error rows;
+    the manifest lists their keys under `corrupt_keys`.
 
     Layout: OUT/classes.txt (line i = class i), OUT/SPLIT/shard-NNNNNN.tar and/or
     .parquet (images i*shard_size ..), OUT/SPLIT/_manifest.json (knobs, counts, shards). The
@@ -338,6 +343,9 @@ def write_dataset(
         raise ValueError(f"format must be one or more of {', '.join(FORMATS)}, got {', '.join(formats) or 'none'}")
     if count < 1 or shard_size < 1:
         raise ValueError(f"need count >= 1 and shard_size >= 1, got count {count} and shard_size {shard_size}")
+    if not 0 <= corrupt <= count:
+        raise ValueError(f"corrupt must be between 0 and count ({count}) images, got {corrupt}")
+    broken = {min(count - 1, int((j + 0.5) * count / corrupt)): j for j in range(corrupt)}
     if not _SPLIT_NAME.match(split):
         raise ValueError(
             f"split {split!r} must be a plain folder name (letters, digits, '.', '_', '-', not "
@@ -356,7 +364,11 @@ def write_dataset(
     labels = [0] * len(config.classes)
     for shard_index, first in enumerate(range(0, count, shard_size)):
         samples = list(generate(min(shard_size, count - first), split, config, start=first))
-        rows = [(s, encode_image(s.image, config), s.metadata(config)) for s in samples]
+        rows = [
+            (s, corrupt_image(encode_image(s.image, config), broken[s.index]) if s.index in broken else None, None)
+            for s in samples
+        ]
+        rows = [(s, data or encode_image(s.image, config), s.metadata(config)) for s, data, _ in rows]
         small += sum(s.small for s in samples)
         for s in samples:
             labels[s.label] += 1
@@ -388,10 +400,26 @@ def write_dataset(
         "shards": shards,
         "shard_images": shard_images,
         "shard_md5": shard_md5,
+        "corrupt_keys": [f"{split}-{i:08d}" for i in sorted(broken)],
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_json(join_uri(split_dir, MANIFEST), manifest, storage_options)
     return manifest
+
+
+def corrupt_image(data: bytes, variant: int) -> bytes:
+    """A broken stand-in for an encoded image: truncated, garbage, HTML page or (variant 3) empty.
+
+    The empty variant is one NUL byte, not zero bytes: readers may treat a zero-length member
+    as absent rather than as a bad image."""
+    kind = variant % 4
+    if kind == 0:
+        return data[: max(1, len(data) // 3)]
+    if kind == 1:
+        return bytes((i * 131 + 7) % 256 for i in range(257))
+    if kind == 2:
+        return b"<html><body>503 Service Unavailable</body></html>"
+    return b"\x00"
 
 
 def read_manifest(split_dir: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any] | None:

@@ -1,0 +1,62 @@
+"""The classify job's settings: one frozen dataclass, saved resolved in the run summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gfpipe.budget.grammar import Budget
+from gfpipe.data.shards import ReadOptions
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """What to classify, where to write it, the budget, and how to run the model.
+
+    `budget` is the user's budget (mean per image, total, or wall-clock). `calibrate` > 0 solves
+    the first thresholds on that many images sampled from the input instead of the checkpoint's
+    calibration (their all-steps cost counts against the budget). `batch_size` is the model batch;
+    each actor call holds `batches_per_call` of them (the pool of hard images to requeue across).
+    `replicas` None sizes the actor pool from the cluster (one per GPU; on CPU, what leaves a
+    CPU for reading). `device` auto uses GPUs when the cluster has them.
+    """
+
+    input: str
+    output: str
+    budget: Budget
+    checkpoint: str = "demo"
+    checkpoint_overrides: dict[str, Any] = field(default_factory=dict)
+    read_options: ReadOptions = field(default_factory=ReadOptions)
+    storage_options: dict[str, Any] | None = None
+    calibrate: int = 0
+    overwrite: bool = False
+    batch_size: int = 64
+    batches_per_call: int = 4
+    replicas: int | None = None
+    cpus_per_replica: float | None = None
+    device: str = "auto"
+    bf16: bool = True
+    channels_last: bool = True
+    top_k: int = 5
+    shadow_share: float = 0.05
+    seed: int = 0
+    progress_seconds: float = 10.0
+    report_samples: int = 8
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "batches_per_call", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.calibrate < 0:
+            raise ValueError(f"calibrate must be >= 0 images, got {self.calibrate}")
+        if self.replicas is not None and self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1 when given, got {self.replicas}")
+        if self.cpus_per_replica is not None and self.cpus_per_replica <= 0:
+            raise ValueError(f"cpus_per_replica must be > 0 when given, got {self.cpus_per_replica}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not 0 <= self.shadow_share < 0.5:
+            raise ValueError(f"shadow_share must be in [0, 0.5), got {self.shadow_share}")
+        if self.progress_seconds <= 0:
+            raise ValueError(f"progress_seconds must be > 0, got {self.progress_seconds}")

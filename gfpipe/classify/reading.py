@@ -1,0 +1,100 @@
+"""The classify job's CPU stage: one task per shard reads, decodes and preprocesses its images.
+
+Each record becomes one row, good or bad: {"key", "shard" (URI), "sid" (shard id), "ordinal"
+(position in the shard's reading order), "image" uint8 (3, S, S) (zeros for a bad record),
+"width"/"height" (original size, -1 when unknown), "error" ("" when fine)}. Images travel as
+uint8 at the model's input size (a quarter of float32); the model actor normalises them on its
+device. The UDF never raises for bad data (RAY_NOTES.md: a raising UDF fails the whole dataset, or
+with retries on errors drops the rest of the block): a record that cannot be read or decoded is
+an error row, and a shard that cannot be opened is one error row standing for the shard.
+After the last record the task writes how many records the shard held, which is what the driver
+checks the shard's parts against before it marks the shard done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from gfpipe.classify.layout import OutputLayout
+from gfpipe.config import Preprocessing
+from gfpipe.data.decode import centre_crop, decode_pil, resize_shorter
+from gfpipe.data.io import dumps_json, write_bytes
+from gfpipe.data.shards import ReadOptions, Shard, iter_shard_records
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_BLOCK = 32  # images per yielded batch: small blocks keep the actors fed early
+
+
+def decode_for_model(data: bytes | None, prep: Preprocessing) -> tuple[np.ndarray | None, str | None, tuple | None]:
+    """Bytes -> (uint8 (3, crop, crop) after resize + centre crop, error, original (w, h)); never raises."""
+    pil, error, size = decode_pil(data, draft_size=prep.resize)
+    if pil is None:
+        return None, error, size
+    try:
+        square = centre_crop(resize_shorter(pil, prep.resize, prep.interpolation), prep.crop)
+        return np.ascontiguousarray(np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)), None, size
+    except Exception as exc:  # noqa: BLE001 - one bad image is one error row
+        return None, f"preprocessing failed: {type(exc).__name__}: {exc}"[:300], size
+
+
+def read_shards(
+    batch: Mapping[str, np.ndarray],
+    *,
+    output: str,
+    storage_options: Mapping[str, Any] | None,
+    read_options: ReadOptions,
+    preprocessing: Preprocessing,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data UDF: shard rows {"uri", "format", "sid"} -> image rows (see the module doc)."""
+    layout = OutputLayout(output, storage_options)
+    crop = preprocessing.crop
+    for uri, fmt, sid in zip(batch["uri"], batch["format"], batch["sid"], strict=True):
+        shard = Shard(str(uri), str(fmt))
+        rows: list[dict[str, Any]] = []
+        count = 0
+        for ordinal, record in enumerate(iter_shard_records(shard, storage_options, read_options)):
+            count = ordinal + 1
+            image, error, size = None, record.error, None
+            if error is None:
+                image, error, size = decode_for_model(record.data, preprocessing)
+            rows.append(
+                {
+                    "key": record.key,
+                    "ordinal": ordinal,
+                    "image": image,
+                    "width": size[0] if size else -1,
+                    "height": size[1] if size else -1,
+                    "error": error or "",
+                }
+            )
+            if len(rows) >= ROWS_PER_BLOCK:
+                yield _block(rows, str(uri), str(sid), crop)
+                rows = []
+        if rows:
+            yield _block(rows, str(uri), str(sid), crop)
+        write_bytes(
+            layout.records_uri(str(sid)), dumps_json({"uri": str(uri), "records": count}).encode(), storage_options
+        )
+
+
+def _block(rows: list[dict[str, Any]], uri: str, sid: str, crop: int) -> dict[str, np.ndarray]:
+    n = len(rows)
+    images = np.zeros((n, 3, crop, crop), np.uint8)
+    for i, row in enumerate(rows):
+        if row["image"] is not None:
+            images[i] = row["image"]
+    return {
+        "key": np.array([r["key"] for r in rows], dtype=object),
+        "shard": np.array([uri] * n, dtype=object),
+        "sid": np.array([sid] * n, dtype=object),
+        "ordinal": np.array([r["ordinal"] for r in rows], np.int64),
+        "image": images,
+        "width": np.array([r["width"] for r in rows], np.int32),
+        "height": np.array([r["height"] for r in rows], np.int32),
+        "error": np.array([r["error"] for r in rows], dtype=object),
+    }

@@ -1,0 +1,448 @@
+"""The classify job's driver: shards in, one Parquet row per image out, under a compute budget.
+
+```
+driver: list shards; skip done ones (their spend counts), clean up unfinished ones; count images
+        resolve the budget into a per-image target; thresholds from calibration; start the ledger
+Ray Data: from_items(shards) -> read + decode (CPU tasks, gfpipe.classify.reading)
+          -> ClassifyReplica actor pool (engine with real early exit; writes the parts)
+driver: each part summary -> ShardTracker -> a shard's done marker once its parts tile it
+        -> summary.json + report.html
+```
+Why this shape (no end-of-stream hook, no per-shard file names in `write_parquet`, Ray Data's
+checkpointing unusable here, retries reporting twice): RAY_NOTES.md, "Classify-job building
+blocks". Every input image yields exactly one row: bad images are error rows, a retried actor
+call overwrites its own parts and replaces its own spend in the ledger, and a re-run skips done
+shards and redoes unfinished ones from scratch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from gfpipe.budget.costs import step_costs
+from gfpipe.budget.grammar import Budget, format_amount, format_duration
+from gfpipe.checkpoint import load_checkpoint
+from gfpipe.classify.config import ClassifyConfig
+from gfpipe.classify.layout import OutputLayout
+from gfpipe.classify.ledger import BudgetLedger
+from gfpipe.classify.replica import CONFIDENCE_BINS, ClassifyReplica
+from gfpipe.classify.state import ShardPlan, ShardTracker, plan_shards
+from gfpipe.classify.summary import build_summary, report_samples
+from gfpipe.data.io import ensure_writable, write_json
+from gfpipe.data.shards import count_images, discover_shards
+
+log = logging.getLogger(__name__)
+
+READ_TASK_MEMORY = 512 * 2**20  # bytes per read task: a worker process (about 260 MiB measured) plus its blocks
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolShape:
+    """How the model actors and the read tasks share the cluster."""
+
+    replicas: int
+    device: str  # "cuda" or "cpu"
+    cpus_per_replica: float
+    gpus_per_replica: float
+    threads: int
+    read_cpus: float
+
+
+def pool_shape(config: ClassifyConfig, cluster: Mapping[str, float]) -> PoolShape:
+    """One replica per GPU where GPUs exist; on CPU, about half the CPUs for the model (at least
+    one CPU always left for reading), so the pool can never wait forever for CPUs that the read
+    tasks hold (RAY_NOTES.md: an over-asked 2-CPU cluster deadlocks)."""
+    cpus = float(cluster.get("CPU", 0.0))
+    gpus = int(cluster.get("GPU", 0.0))
+    if cpus <= 0:
+        raise ValueError("the Ray cluster reports no CPUs; the read stage needs at least one")
+    device = config.device if config.device != "auto" else ("cuda" if gpus else "cpu")
+    if device == "cuda":
+        if gpus < 1:
+            raise ValueError("--device cuda, but the Ray cluster has no GPUs; use --device cpu or auto")
+        replicas = config.replicas or gpus
+        if replicas > gpus:
+            raise ValueError(f"{replicas} GPU replicas need {replicas} GPUs, the cluster has {gpus}")
+        per = config.cpus_per_replica or min(1.0, max(cpus - 1.0, 0.5) / replicas)
+        return PoolShape(replicas, "cuda", per, 1.0, 1, max(min(1.0, cpus - per * replicas), 0.25))
+    model_cpus = max(min(cpus - 1.0, cpus / 2), cpus / 2 if cpus < 2 else 1.0)
+    replicas = config.replicas or max(1, round(model_cpus / 2))
+    per = config.cpus_per_replica or math.floor(model_cpus / replicas * 100) / 100
+    if per * replicas > cpus - 0.25:
+        raise ValueError(
+            f"{replicas} replicas x {per:g} CPUs leave no CPU for reading on a cluster of {cpus:g} CPUs; "
+            "lower --replicas or --cpus-per-replica, or leave them unset (sized from the cluster)"
+        )
+    read_cpus = max(min(1.0, cpus - per * replicas), 0.25)
+    return PoolShape(replicas, "cpu", per, 0.0, max(1, round(per)), read_cpus)
+
+
+def _init_ray(address: str | None) -> None:
+    from gfpipe.train.run import init_ray
+
+    init_ray(address)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+
+
+def classify(config: ClassifyConfig) -> dict[str, Any]:
+    """Run the whole job (see the module doc); returns the summary also written to summary.json."""
+    started = time.time()
+    options = config.storage_options
+    ensure_writable(config.output, options)
+    model = load_checkpoint(config.checkpoint, storage_options=options, **config.checkpoint_overrides)
+    shards = discover_shards(config.input, options, config.read_options)
+    layout = OutputLayout(config.output, options)
+    if config.overwrite:
+        removed = layout.remove_all()
+        log.info("--overwrite: removed the earlier output (%d shard folders)", removed)
+    plan = plan_shards(shards, layout)
+    log.info(
+        "%d shards: %d to classify (%d changed since done), %d already done",
+        len(shards),
+        len(plan.todo),
+        len(plan.changed),
+        len(plan.done),
+    )
+    run_id = f"{_now()}-{uuid.uuid4().hex[:6]}"
+    macs = np.asarray(step_costs(model), np.float64)
+
+    import ray
+
+    _init_ray(config.address)
+    shape = pool_shape(config, ray.cluster_resources())
+    target = _resolve_target(config, model, plan, macs, shape)
+    ledger = _start_ledger(config, model, plan, macs, shape, target, run_id)
+    tracker = ShardTracker(layout, plan, run_id, model.config.T)
+    nodes_run: dict[str, int] = {}
+    if plan.todo:
+        progress = _ProgressLine(ledger, target.get("todo_images"), target["macs_per_image"], config.progress_seconds)
+        try:
+            for batch in _dataset(config, plan, shape, run_id, ledger).iter_batches(
+                batch_size=None, batch_format="numpy"
+            ):
+                for i in range(len(batch["sid"])):
+                    row = {name: column[i] for name, column in batch.items()}
+                    nodes_run[str(row["node"])] = nodes_run.get(str(row["node"]), 0) + int(
+                        row["last"] - row["first"] + 1
+                    )
+                    tracker.add(row)
+        finally:
+            progress.stop()
+        tracker.finish_empty()
+    status = ray.get(ledger.status.remote())
+    unfinished = tracker.unfinished()
+    if unfinished:
+        raise RuntimeError(
+            f"{len(unfinished)} shards did not finish: {', '.join(unfinished[:5])}; "
+            "re-run the same command to classify them (done shards are kept)"
+        )
+    markers = {**plan.done, **tracker.done}
+    summary = build_summary(
+        config=config,
+        run_id=run_id,
+        model=model,
+        markers=markers,
+        run_shards={
+            "total": len(shards),
+            "classified": len(plan.todo),
+            "skipped_done": len(plan.done),
+            "redone_changed": len(plan.changed),
+            "redone_changed_uris": [s.uri for s, sid, _ in plan.todo if sid in plan.changed],
+        },
+        status=status,
+        target=target,
+        elapsed=time.time() - started,
+        nodes_run=nodes_run,
+        ray_version=ray.__version__,
+        bins=CONFIDENCE_BINS,
+    )
+    summary["pool"] = dataclasses.asdict(shape)
+    write_json(layout.summary_uri, summary, options)
+    _write_report(layout, summary, markers, model, config)
+    ray.kill(ledger)
+    return summary
+
+
+def _write_report(layout: OutputLayout, summary: dict, markers: dict, model: Any, config: ClassifyConfig) -> None:
+    from gfpipe.report import write_report
+
+    try:
+        samples = report_samples(layout, markers, config.report_samples, model, config.read_options)
+    except Exception as exc:  # noqa: BLE001 - the report's pictures must not fail a finished job
+        log.warning("report: could not re-read sample images (%s); the report has no glimpse figure", exc)
+        samples = []
+    write_report(layout.root, summary, samples, layout.options)
+
+
+# ---------------------------------------------------------------------------------------------
+# Budget
+# ---------------------------------------------------------------------------------------------
+
+
+def _count_todo(config: ClassifyConfig, plan: ShardPlan) -> int | None:
+    """Images in the shards to classify, from metadata (None if any shard cannot be counted cheaply)."""
+    total = 0
+    for shard, _, _ in plan.todo:
+        n = count_images(shard, config.storage_options, config.read_options)
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def _resolve_target(
+    config: ClassifyConfig, model: Any, plan: ShardPlan, macs: np.ndarray, shape: PoolShape
+) -> dict[str, Any]:
+    """The controller's target per image for the images of this run, in MACs or seconds.
+
+    Done shards' spend counts: a mean or total budget covers the whole input, so this run's
+    images get what is left of it. A time budget covers this run's wall clock.
+    """
+    budget = config.budget
+    todo = _count_todo(config, plan)
+    done_images = sum(int(sum(m["exits"])) for m in plan.done.values())
+    done_macs = sum(float(m["macs"]) for m in plan.done.values())
+    calibration_macs = config.calibrate * float(macs[-1])
+    out: dict[str, Any] = {"todo_images": todo, "step_macs": macs.tolist(), "unit": "MACs"}
+    if budget.kind in ("total", "time") and not todo and plan.todo:
+        raise ValueError(
+            f"{budget} needs the number of images, but some shards cannot be counted cheaply (compressed "
+            "tars, remote tars without gfpipe's _manifest.json); give a mean budget per image with --budget"
+        )
+    if budget.kind == "time":
+        seconds = _measure_step_seconds(config, shape)
+        resolved = budget.resolve(step_seconds=seconds, num_images=max(todo or 1, 1), num_workers=shape.replicas)
+        out.update(
+            costs=list(resolved.costs),
+            target=resolved.target,
+            unit="s",
+            macs_per_image=float(np.interp(resolved.target, resolved.costs, macs)),
+            message=resolved.message,
+            clamped=resolved.clamped,
+        )
+        return out
+    per_image = budget.value if budget.kind == "mean" else budget.value / max(done_images + (todo or 0), 1)
+    out["macs_per_image"] = per_image
+    remaining = per_image
+    if todo:
+        remaining = (per_image * (done_images + todo) - done_macs - calibration_macs) / todo
+    context = ""
+    if plan.done or calibration_macs:
+        context = (
+            f"{budget} with {done_images} images already done at {format_amount(done_macs)}"
+            f"{' and the calibration pass' if calibration_macs else ''}: "
+        )
+    try:
+        resolved = Budget("mean", max(remaining, 1e-9)).resolve(macs, num_images=todo)
+    except ValueError as exc:
+        raise ValueError(context + str(exc)) from None
+    out.update(
+        costs=macs.tolist(),
+        target=resolved.target,
+        message=context + resolved.message,
+        clamped=resolved.clamped,
+    )
+    return out
+
+
+def _measure_step_seconds(config: ClassifyConfig, shape: PoolShape) -> list[float]:
+    """Per-step seconds per image, measured by one replica-sized task at the job's batch size."""
+    import ray
+
+    def measure(checkpoint, overrides, options, batch, device, threads, bf16):
+        import torch
+
+        from gfpipe.budget.costs import measure_step_seconds
+
+        torch.set_num_threads(max(1, threads))
+        model = load_checkpoint(checkpoint, storage_options=options, **overrides)
+        dev = torch.device("cuda:0" if device == "cuda" else "cpu")
+        dtype = torch.bfloat16 if bf16 and device == "cuda" else None
+        return measure_step_seconds(model, batch, dev, autocast_dtype=dtype, warmup=1, repeats=3)
+
+    task = ray.remote(measure).options(num_cpus=shape.cpus_per_replica, num_gpus=shape.gpus_per_replica)
+    ref = task.remote(
+        config.checkpoint,
+        config.checkpoint_overrides,
+        config.storage_options,
+        config.batch_size,
+        shape.device,
+        shape.threads,
+        config.bf16,
+    )
+    seconds = ray.get(ref)
+    log.info("measured seconds per image by exit step: %s", ", ".join(format_duration(s) for s in seconds))
+    return seconds
+
+
+def _calibration(config: ClassifyConfig, model: Any, plan: ShardPlan, shape: PoolShape) -> tuple[np.ndarray, str]:
+    if config.calibrate:
+        import ray
+
+        from gfpipe.classify.calibrate import calibrate_on_archive
+
+        shards = [s for s, _, _ in plan.todo] or []
+        if not shards:
+            raise ValueError("--calibrate needs images to classify, and every shard is already done")
+        task = ray.remote(calibrate_on_archive).options(
+            num_cpus=shape.cpus_per_replica, num_gpus=shape.gpus_per_replica
+        )
+        scores = ray.get(
+            task.remote(
+                config.checkpoint,
+                config.checkpoint_overrides,
+                shards,
+                config.calibrate,
+                config.batch_size,
+                shape.device,
+                config.storage_options,
+                config.read_options,
+            )
+        )
+        if not len(scores):
+            raise ValueError(f"--calibrate {config.calibrate}: no decodable image found in the input")
+        return scores, f"{len(scores)} images sampled from the input"
+    from gfpipe.evaluate import calibration_scores
+
+    scores = calibration_scores(model)
+    if scores is None:
+        raise ValueError(
+            f"{config.checkpoint} holds no calibration scores; pass --calibrate N to calibrate on N images "
+            "of the input (label-free), or calibrate the checkpoint with gfpipe train"
+        )
+    source = (model.card.calibration or {}).get("source", "the checkpoint's calibration data")
+    return scores, f"checkpoint: {source}"
+
+
+def _start_ledger(
+    config: ClassifyConfig,
+    model: Any,
+    plan: ShardPlan,
+    macs: np.ndarray,
+    shape: PoolShape,
+    target: dict[str, Any],
+    run_id: str,
+) -> Any:
+    import ray
+
+    scores, source = _calibration(config, model, plan, shape)
+    target["calibration_source"] = source
+    log.info("budget: %s; thresholds from %s", target["message"], source)
+    ledger_class = ray.remote(BudgetLedger).options(name=f"gfpipe-ledger-{run_id}", num_cpus=0)
+    return ledger_class.remote(
+        target["costs"],
+        target["target"],
+        scores,
+        macs,
+        total_images=target.get("todo_images") or None,
+        controller_options={"shadow_share": config.shadow_share, "seed": config.seed},
+        extra_macs=config.calibrate * float(macs[-1]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The Ray Data pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+def _dataset(config: ClassifyConfig, plan: ShardPlan, shape: PoolShape, run_id: str, ledger: Any) -> Any:
+    import ray
+    import ray.data
+
+    from gfpipe.classify.reading import read_shards
+
+    share, seed = ray.get(ledger.shadow.remote())
+    items = [{"uri": s.uri, "format": s.format, "sid": sid} for s, sid, _ in plan.todo]
+    ledger_name = f"gfpipe-ledger-{run_id}"
+    model = load_checkpoint(config.checkpoint, storage_options=config.storage_options, **config.checkpoint_overrides)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        read_shards,
+        batch_size=1,
+        num_cpus=shape.read_cpus,
+        # A memory reservation bounds the decode tasks per node; it also gives this stage resources
+        # of its own, so Ray Data does not fuse it into the model actors (whose model would then
+        # wait on decoding).
+        memory=READ_TASK_MEMORY,
+        fn_kwargs={
+            "output": config.output,
+            "storage_options": config.storage_options,
+            "read_options": config.read_options,
+            "preprocessing": model.card.preprocessing,
+        },
+    )
+    return ds.map_batches(
+        ClassifyReplica,
+        batch_size=config.batch_size * config.batches_per_call,
+        compute=ray.data.ActorPoolStrategy(size=shape.replicas),
+        num_cpus=shape.cpus_per_replica,
+        num_gpus=shape.gpus_per_replica,
+        fn_constructor_kwargs={
+            "checkpoint": config.checkpoint,
+            "checkpoint_overrides": config.checkpoint_overrides,
+            "output": config.output,
+            "storage_options": config.storage_options,
+            "ledger_name": ledger_name,
+            "run_id": run_id,
+            "batch_size": config.batch_size,
+            "device": shape.device,
+            "threads": shape.threads,
+            "bf16": config.bf16,
+            "channels_last": config.channels_last,
+            "top_k": config.top_k,
+            "shadow_share": share,
+            "seed": seed,
+        },
+    )
+
+
+class _ProgressLine:
+    """A log line every `interval` seconds: images done / total, images/s, ETA, cost vs budget."""
+
+    def __init__(self, ledger: Any, total: int | None, budget_macs: float, interval: float) -> None:
+        self.ledger, self.total, self.budget, self.interval = ledger, total, budget_macs, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gfpipe-progress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import ray
+
+        while not self._stop.wait(self.interval):
+            try:
+                status = ray.get(self.ledger.status.remote(), timeout=5)
+            except Exception:  # noqa: BLE001 - progress is best effort
+                continue
+            images, seconds = status["images"], max(status["seconds"], 1e-9)
+            rate = images / seconds
+            done = f"{images}/{self.total}" if self.total else f"{images}"
+            eta = ""
+            if self.total and rate > 0:
+                eta = f", ETA {format_duration(max(self.total - images, 0) / rate)}"
+            mean = status["spent_macs"] / images if images else 0.0
+            log.info(
+                "classified %s images, %.1f images/s%s, cost %s per image vs budget %s (%.1f%%)",
+                done,
+                rate,
+                eta,
+                format_amount(mean),
+                format_amount(self.budget),
+                100 * mean / self.budget if self.budget else 0.0,
+            )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
