@@ -10,6 +10,11 @@ each input batch, the deepest pool with a full batch runs first; so no pool grow
 batches and images finish as early as possible. When the input is exhausted, pools are flushed
 from shallow to deep, with at most one partial call per step; no row is held after that.
 
+With a budget controller, thresholds move while images wait in the pools: before an image pays
+for its next step, it is checked again against the current threshold of the step it has done,
+and leaves there if it now clears it (`EngineStats.late_exits`). This keeps the controller's
+hold on spend tight when many images are in flight (a call holds several batches).
+
 Images are ranked by the exit score (`gfpipe.budget.scores`: log-odds of the top class, which
 never saturates), and thresholds are in score units. An image whose pixels are not finite, or
 whose logits stop being finite at some step, leaves at once as an error row that costs what it
@@ -95,13 +100,16 @@ class _Chunk:
     state: GFState | None  # None before the glance
     shadow: np.ndarray  # (n,) bool: runs all T steps for the budget controller
     scores: np.ndarray  # (n, steps done) exit score of each step so far
+    top: tuple[Tensor, Tensor] | None = None  # top-k (probs, labels) (n, k) of the last step
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def select(self, idx: np.ndarray, device: torch.device) -> _Chunk:
-        state = None if self.state is None else self.state.index(torch.from_numpy(idx).to(device))
-        return _Chunk([self.keys[i] for i in idx], self.slots[idx], state, self.shadow[idx], self.scores[idx])
+        index = torch.from_numpy(idx).to(device)
+        state = None if self.state is None else self.state.index(index)
+        top = None if self.top is None else (self.top[0].index_select(0, index), self.top[1].index_select(0, index))
+        return _Chunk([self.keys[i] for i in idx], self.slots[idx], state, self.shadow[idx], self.scores[idx], top)
 
     @staticmethod
     def cat(chunks: list[_Chunk]) -> _Chunk:
@@ -113,6 +121,7 @@ class _Chunk:
             None if chunks[0].state is None else GFState.cat([c.state for c in chunks]),
             np.concatenate([c.shadow for c in chunks]),
             np.concatenate([c.scores for c in chunks]),
+            None if chunks[0].top is None else tuple(torch.cat([c.top[i] for c in chunks]) for i in (0, 1)),
         )
 
 
@@ -153,6 +162,7 @@ class EngineStats:
     refused: int = 0
     macs: float = 0.0
     max_waiting: int = 0
+    late_exits: int = 0  # images that left a pool without another step (thresholds moved)
 
     @property
     def images(self) -> int:
@@ -295,9 +305,29 @@ class EarlyExitEngine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def _late_exits(self, done: int, chunk: _Chunk, store: _ImageStore) -> tuple[list[dict[str, Any]], _Chunk]:
+        """Images that waited in a pool exit now, before paying for another step, if the
+        thresholds moved (a budget controller) so that their last score clears them; returns the
+        rest. With fixed thresholds nobody exits here: the same test failed when they were pooled."""
+        late = (chunk.scores[:, -1] >= self.thresholds[done - 1]) & ~chunk.shadow
+        if not late.any():
+            return [], chunk
+        idx = np.flatnonzero(late)
+        store.release(chunk.slots[idx])
+        rows = list(self._rows(chunk, done, idx, np.zeros(idx.size, bool), chunk.top[0], chunk.top[1], chunk.state))
+        if self.controller is not None:
+            self.controller.record(np.full(idx.size, done))
+        self.stats.late_exits += int(idx.size)
+        return rows, chunk.select(np.flatnonzero(~late), self.device)
+
     @torch.inference_mode()
     def _step(self, done: int, chunk: _Chunk, pools: list[_Pool], store: _ImageStore) -> Iterator[dict[str, Any]]:
         """Run step done+1 on `chunk`; emit the images that exit or fail, pool the rest."""
+        if done and self.controller is not None:
+            rows, chunk = self._late_exits(done, chunk, store)
+            yield from rows
+            if not len(chunk):
+                return
         step = done + 1
         with self._autocast():
             if chunk.state is None:
@@ -329,7 +359,7 @@ class EarlyExitEngine:
                 self.controller.record(np.full(exit_idx.size, step), shadow_rows if shadow_rows.size else None)
         stay_idx = np.flatnonzero(~exits)
         if stay_idx.size:
-            after = _Chunk(chunk.keys, chunk.slots, state, chunk.shadow, scores)
+            after = _Chunk(chunk.keys, chunk.slots, state, chunk.shadow, scores, (top_probs, top_labels))
             pools[step].add(after.select(stay_idx, self.device))
             self.stats.max_waiting = max(self.stats.max_waiting, pools[step].size)
 

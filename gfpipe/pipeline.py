@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import signal
 import threading
 import time
 import uuid
@@ -35,7 +37,7 @@ from gfpipe.checkpoint import load_checkpoint
 from gfpipe.classify.config import ClassifyConfig
 from gfpipe.classify.layout import OutputLayout
 from gfpipe.classify.ledger import BudgetLedger
-from gfpipe.classify.replica import CONFIDENCE_BINS, ClassifyReplica
+from gfpipe.classify.replica import CONFIDENCE_BINS, FAULT_ENV, ClassifyReplica
 from gfpipe.classify.state import ShardPlan, ShardTracker, plan_shards
 from gfpipe.classify.summary import build_summary, report_samples
 from gfpipe.data.io import ensure_writable, write_json
@@ -93,6 +95,10 @@ def _init_ray(address: str | None) -> None:
     init_ray(address)
 
 
+def _ledger_name(run_id: str) -> str:
+    return f"gfpipe-ledger-{run_id}"
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
 
@@ -118,37 +124,12 @@ def classify(config: ClassifyConfig) -> dict[str, Any]:
     )
     run_id = f"{_now()}-{uuid.uuid4().hex[:6]}"
     macs = np.asarray(step_costs(model), np.float64)
-
-    import ray
-
-    _init_ray(config.address)
-    shape = pool_shape(config, ray.cluster_resources())
-    target = _resolve_target(config, model, plan, macs, shape)
-    ledger = _start_ledger(config, model, plan, macs, shape, target, run_id)
     tracker = ShardTracker(layout, plan, run_id, model.config.T)
-    nodes_run: dict[str, int] = {}
     if plan.todo:
-        progress = _ProgressLine(ledger, target.get("todo_images"), target["macs_per_image"], config.progress_seconds)
-        try:
-            for batch in _dataset(config, plan, shape, run_id, ledger).iter_batches(
-                batch_size=None, batch_format="numpy"
-            ):
-                for i in range(len(batch["sid"])):
-                    row = {name: column[i] for name, column in batch.items()}
-                    nodes_run[str(row["node"])] = nodes_run.get(str(row["node"]), 0) + int(
-                        row["last"] - row["first"] + 1
-                    )
-                    tracker.add(row)
-        finally:
-            progress.stop()
-        tracker.finish_empty()
-    status = ray.get(ledger.status.remote())
-    unfinished = tracker.unfinished()
-    if unfinished:
-        raise RuntimeError(
-            f"{len(unfinished)} shards did not finish: {', '.join(unfinished[:5])}; "
-            "re-run the same command to classify them (done shards are kept)"
-        )
+        run = _classify_shards(config, model, plan, macs, tracker, run_id)
+    else:
+        log.info("nothing to classify: every shard of %s is done (--overwrite starts over)", config.input)
+        run = {"status": {}, "target": _nominal_target(config, plan, macs), "nodes": {}, "pool": None}
     markers = {**plan.done, **tracker.done}
     summary = build_summary(
         config=config,
@@ -162,18 +143,70 @@ def classify(config: ClassifyConfig) -> dict[str, Any]:
             "redone_changed": len(plan.changed),
             "redone_changed_uris": [s.uri for s, sid, _ in plan.todo if sid in plan.changed],
         },
-        status=status,
-        target=target,
+        status=run["status"],
+        target=run["target"],
         elapsed=time.time() - started,
-        nodes_run=nodes_run,
-        ray_version=ray.__version__,
+        nodes_run=run["nodes"],
+        ray_version=_ray_version(),
         bins=CONFIDENCE_BINS,
     )
-    summary["pool"] = dataclasses.asdict(shape)
+    summary["pool"] = run["pool"]
     write_json(layout.summary_uri, summary, options)
     _write_report(layout, summary, markers, model, config)
-    ray.kill(ledger)
     return summary
+
+
+def _ray_version() -> str:
+    from importlib.metadata import version
+
+    return version("ray")
+
+
+def _classify_shards(
+    config: ClassifyConfig, model: Any, plan: ShardPlan, macs: np.ndarray, tracker: ShardTracker, run_id: str
+) -> dict[str, Any]:
+    """The Ray part: size the pool, resolve the budget, start the ledger, run the dataset and turn
+    its part summaries into done markers. Raises if a shard did not finish."""
+    import ray
+
+    _init_ray(config.address)
+    shape = pool_shape(config, ray.cluster_resources())
+    target = _resolve_target(config, model, plan, macs, shape)
+    ledger = _start_ledger(config, model, plan, macs, shape, target, run_id)
+    fault = os.environ.get(FAULT_ENV, "")
+    nodes: dict[str, int] = {}
+    progress = _ProgressLine(ledger, target.get("todo_images"), target["macs_per_image"], config.progress_seconds)
+    try:
+        for batch in _dataset(config, plan, shape, run_id, fault, model.card.preprocessing).iter_batches(
+            batch_size=None, batch_format="numpy"
+        ):
+            for i in range(len(batch["sid"])):
+                row = {name: column[i] for name, column in batch.items()}
+                nodes[str(row["node"])] = nodes.get(str(row["node"]), 0) + int(row["last"] - row["first"] + 1)
+                if tracker.add(row):
+                    _maybe_kill_driver(fault, len(tracker.done))
+        tracker.finish_empty()
+        status = ray.get(ledger.status.remote())
+    finally:
+        progress.stop()
+        ray.kill(ledger)
+    unfinished = tracker.unfinished()
+    if unfinished:
+        raise RuntimeError(
+            f"{len(unfinished)} shards did not finish: {', '.join(unfinished[:5])}; "
+            "re-run the same command to classify them (done shards are kept)"
+        )
+    return {"status": status, "target": target, "nodes": nodes, "pool": dataclasses.asdict(shape)}
+
+
+def _maybe_kill_driver(fault: str, shards_done: int) -> None:
+    """Test hook (GFPIPE_CLASSIFY_FAULT='kill-driver:after=N'): die hard once N shards are done."""
+    if not fault.startswith("kill-driver"):
+        return
+    fields = dict(p.partition("=")[::2] for p in fault.split(":")[1:])
+    if shards_done >= int(fields.get("after", 1)):
+        log.warning("test fault: killing the driver after %d done shards", shards_done)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write_report(layout: OutputLayout, summary: dict, markers: dict, model: Any, config: ClassifyConfig) -> None:
@@ -190,6 +223,14 @@ def _write_report(layout: OutputLayout, summary: dict, markers: dict, model: Any
 # ---------------------------------------------------------------------------------------------
 # Budget
 # ---------------------------------------------------------------------------------------------
+
+
+def _nominal_target(config: ClassifyConfig, plan: ShardPlan, macs: np.ndarray) -> dict[str, Any]:
+    """The budget per image when this run classifies nothing (for the summary of a re-run)."""
+    budget = config.budget
+    images = sum(int(sum(m["exits"])) for m in plan.done.values())
+    per_image = budget.value if budget.kind == "mean" else (budget.value / images if budget.kind == "total" else None)
+    return {"macs_per_image": per_image or 0.0, "step_macs": macs.tolist(), "unit": "MACs", "message": "nothing to do"}
 
 
 def _count_todo(config: ClassifyConfig, plan: ShardPlan) -> int | None:
@@ -341,7 +382,7 @@ def _start_ledger(
     scores, source = _calibration(config, model, plan, shape)
     target["calibration_source"] = source
     log.info("budget: %s; thresholds from %s", target["message"], source)
-    ledger_class = ray.remote(BudgetLedger).options(name=f"gfpipe-ledger-{run_id}", num_cpus=0)
+    ledger_class = ray.remote(BudgetLedger).options(name=_ledger_name(run_id), num_cpus=0)
     return ledger_class.remote(
         target["costs"],
         target["target"],
@@ -358,16 +399,18 @@ def _start_ledger(
 # ---------------------------------------------------------------------------------------------
 
 
-def _dataset(config: ClassifyConfig, plan: ShardPlan, shape: PoolShape, run_id: str, ledger: Any) -> Any:
+def _dataset(
+    config: ClassifyConfig, plan: ShardPlan, shape: PoolShape, run_id: str, fault: str, preprocessing: Any
+) -> Any:
     import ray
     import ray.data
 
     from gfpipe.classify.reading import read_shards
 
+    ledger = ray.get_actor(_ledger_name(run_id))
     share, seed = ray.get(ledger.shadow.remote())
     items = [{"uri": s.uri, "format": s.format, "sid": sid} for s, sid, _ in plan.todo]
-    ledger_name = f"gfpipe-ledger-{run_id}"
-    model = load_checkpoint(config.checkpoint, storage_options=config.storage_options, **config.checkpoint_overrides)
+    ledger_name = _ledger_name(run_id)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         read_shards,
@@ -381,7 +424,7 @@ def _dataset(config: ClassifyConfig, plan: ShardPlan, shape: PoolShape, run_id: 
             "output": config.output,
             "storage_options": config.storage_options,
             "read_options": config.read_options,
-            "preprocessing": model.card.preprocessing,
+            "preprocessing": preprocessing,
         },
     )
     return ds.map_batches(
@@ -405,6 +448,7 @@ def _dataset(config: ClassifyConfig, plan: ShardPlan, shape: PoolShape, run_id: 
             "top_k": config.top_k,
             "shadow_share": share,
             "seed": seed,
+            "fault": fault,
         },
     )
 
