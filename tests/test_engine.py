@@ -306,6 +306,64 @@ def test_controller_shadow_images_run_all_steps_and_are_reported():
     assert controller.spent == pytest.approx(sum(r["macs"] for r in rows))
 
 
+class _SwitchingController:
+    """Thresholds `eta` until something is recorded, then -inf (everyone clears): the images that
+    did not clear `eta` and wait in a pool must then leave without another step."""
+
+    def __init__(self, eta: np.ndarray) -> None:
+        self.eta, self.recorded = eta, 0
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return np.full(len(self.eta), -np.inf) if self.recorded else self.eta
+
+    def admit(self, keys) -> np.ndarray:
+        return np.zeros(len(keys), bool)
+
+    def record(self, steps_run, shadow_scores=None) -> np.ndarray:
+        self.recorded += len(np.asarray(steps_run).reshape(-1))
+        return self.thresholds
+
+
+def test_pooled_images_exit_late_without_another_step_when_thresholds_move():
+    model = tiny_model()
+    x = images(48, seed=3)
+    scores = exit_scores(model.anytime(x)).T.numpy()  # (N, T)
+    eta = np.array([np.median(scores[:16, 0]), np.inf, np.inf, -np.inf])  # about half exit at the glance
+    controller = _SwitchingController(eta)
+    engine = EarlyExitEngine(model, None, batch_size=16, controller=controller)
+    rows = list(engine.run(batched(keys_of(48), x, 16)))
+    assert sorted(r["key"] for r in rows) == sorted(keys_of(48))
+    # The first glance (images 0-15) exits the confident half and pools the rest in pool 1, which
+    # is not full; the exits are recorded, the thresholds drop to -inf, and the pooled half later
+    # leaves at step 1 when its turn for step 2 comes, without running step 2.
+    first = set(keys_of(16))
+    held = {k for i, k in enumerate(keys_of(16)) if scores[i, 0] < eta[0]}
+    assert 0 < len(held) < 16
+    by_key = {r["key"]: r for r in rows}
+    assert all(by_key[k]["exit_step"] == 1 for k in first)
+    assert engine.stats.late_exits == len(held)
+    assert sum(n for step, n in engine.stats.calls if step == 2) == 0  # nobody paid for step 2
+    costs = engine.costs
+    for row in rows:
+        assert row["macs"] == costs[row["exit_step"] - 1] and row["glimpses"] == []
+    # A late row carries its glance prediction: the reference rows of exiting at the glance.
+    reference = reference_rows(model, x, np.full(T, -np.inf))
+    for key in held:
+        assert by_key[key]["label"] == reference[key]["label"]
+        assert by_key[key]["topk_labels"] == reference[key]["topk_labels"]
+        assert by_key[key]["confidence"] == pytest.approx(reference[key]["confidence"], abs=1e-5)
+
+
+def test_fixed_thresholds_never_exit_late():
+    model = tiny_model()
+    x = images(40, seed=4)
+    eta = spread_thresholds(exit_scores(model.anytime(x)).T.numpy())
+    engine = EarlyExitEngine(model, eta, batch_size=8)
+    list(engine.run(batched(keys_of(40), x, 8)))
+    assert engine.stats.late_exits == 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("calibration_scale,stream_scale", [(2.0, 0.5), (0.5, 2.0)])
 def test_online_control_keeps_a_shifted_stream_on_budget(calibration_scale, stream_scale):

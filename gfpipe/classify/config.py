@@ -31,7 +31,7 @@ class ClassifyConfig:
     calibrate: int = 0
     overwrite: bool = False
     batch_size: int = 64
-    batches_per_call: int = 4
+    batches_per_call: int = 2
     replicas: int | None = None
     cpus_per_replica: float | None = None
     device: str = "auto"

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batches-per-call",
         type=int_at_least(1),
-        default=4,
+        default=2,
         help="model batches per actor call: the pool of hard images requeued together",
     )
     parser.add_argument("--replicas", type=int_at_least(1), help="model actors (default: one per GPU, or from CPUs)")
