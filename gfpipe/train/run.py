@@ -67,18 +67,39 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(address: str | None = None) -> None:
-    """Connect to the cluster at `address` or RAY_ADDRESS, else start a local Ray on all CPUs;
-    Ray's own INFO chatter stays off the console."""
+    """Connect to the cluster at `address` or RAY_ADDRESS, or to a live cluster that `ray start`
+    left on this machine; else start a local Ray on all CPUs. Ray's own INFO chatter stays off
+    the console.
+
+    `ray.init()` alone would also try a cluster that `ray start` recorded and that has since died
+    (its /tmp/ray/ray_current_cluster file outlives it) and fail; a dead one is ignored here.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if address is None and _live_local_cluster():
+        address = "auto"
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)
+
+
+def _live_local_cluster() -> bool:
+    """Whether the cluster `ray start` recorded on this machine answers on its GCS port."""
+    import socket
+
+    record = os.path.join(os.environ.get("RAY_TMPDIR", "/tmp/ray"), "ray_current_cluster")
+    try:
+        with open(record) as fh:
+            host, _, port = fh.read().strip().rpartition(":")
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def worker_resources(
