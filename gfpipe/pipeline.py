@@ -115,6 +115,12 @@ def classify(config: ClassifyConfig) -> dict[str, Any]:
         removed = layout.remove_all()
         log.info("--overwrite: removed the earlier output (%d shard folders)", removed)
     plan = plan_shards(shards, layout)
+    run_id = f"{_now()}-{uuid.uuid4().hex[:6]}"
+    macs = np.asarray(step_costs(model), np.float64)
+    tracker = ShardTracker(layout, plan, run_id, model.config.T)
+    if plan.todo:
+        # A budget in MACs is checked before Ray starts; a time budget needs a measurement on Ray.
+        target = None if config.budget.kind == "time" else _resolve_target(config, plan, macs, None)
     log.info(
         "%d shards: %d to classify (%d changed since done), %d already done",
         len(shards),
@@ -122,11 +128,8 @@ def classify(config: ClassifyConfig) -> dict[str, Any]:
         len(plan.changed),
         len(plan.done),
     )
-    run_id = f"{_now()}-{uuid.uuid4().hex[:6]}"
-    macs = np.asarray(step_costs(model), np.float64)
-    tracker = ShardTracker(layout, plan, run_id, model.config.T)
     if plan.todo:
-        run = _classify_shards(config, model, plan, macs, tracker, run_id)
+        run = _classify_shards(config, model, plan, macs, tracker, run_id, target)
     else:
         log.info("nothing to classify: every shard of %s is done (--overwrite starts over)", config.input)
         run = {"status": {}, "target": _nominal_target(config, plan, macs), "nodes": {}, "pool": None}
@@ -163,7 +166,13 @@ def _ray_version() -> str:
 
 
 def _classify_shards(
-    config: ClassifyConfig, model: Any, plan: ShardPlan, macs: np.ndarray, tracker: ShardTracker, run_id: str
+    config: ClassifyConfig,
+    model: Any,
+    plan: ShardPlan,
+    macs: np.ndarray,
+    tracker: ShardTracker,
+    run_id: str,
+    target: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The Ray part: size the pool, resolve the budget, start the ledger, run the dataset and turn
     its part summaries into done markers. Raises if a shard did not finish."""
@@ -171,7 +180,7 @@ def _classify_shards(
 
     _init_ray(config.address)
     shape = pool_shape(config, ray.cluster_resources())
-    target = _resolve_target(config, model, plan, macs, shape)
+    target = target or _resolve_target(config, plan, macs, shape)
     ledger = _start_ledger(config, model, plan, macs, shape, target, run_id)
     fault = os.environ.get(FAULT_ENV, "")
     nodes: dict[str, int] = {}
@@ -228,7 +237,7 @@ def _write_report(layout: OutputLayout, summary: dict, markers: dict, model: Any
 def _nominal_target(config: ClassifyConfig, plan: ShardPlan, macs: np.ndarray) -> dict[str, Any]:
     """The budget per image when this run classifies nothing (for the summary of a re-run)."""
     budget = config.budget
-    images = sum(int(sum(m["exits"])) for m in plan.done.values())
+    images = sum(int(m["records"]) for m in plan.done.values())
     per_image = budget.value if budget.kind == "mean" else (budget.value / images if budget.kind == "total" else None)
     return {"macs_per_image": per_image or 0.0, "step_macs": macs.tolist(), "unit": "MACs", "message": "nothing to do"}
 
@@ -245,7 +254,7 @@ def _count_todo(config: ClassifyConfig, plan: ShardPlan) -> int | None:
 
 
 def _resolve_target(
-    config: ClassifyConfig, model: Any, plan: ShardPlan, macs: np.ndarray, shape: PoolShape
+    config: ClassifyConfig, plan: ShardPlan, macs: np.ndarray, shape: PoolShape | None
 ) -> dict[str, Any]:
     """The controller's target per image for the images of this run, in MACs or seconds.
 
@@ -254,7 +263,8 @@ def _resolve_target(
     """
     budget = config.budget
     todo = _count_todo(config, plan)
-    done_images = sum(int(sum(m["exits"])) for m in plan.done.values())
+    done_images = sum(int(sum(m["exits"])) for m in plan.done.values())  # classified, error rows not
+    done_records = sum(int(m["records"]) for m in plan.done.values())
     done_macs = sum(float(m["macs"]) for m in plan.done.values())
     calibration_macs = config.calibrate * float(macs[-1])
     out: dict[str, Any] = {"todo_images": todo, "step_macs": macs.tolist(), "unit": "MACs"}
@@ -264,6 +274,7 @@ def _resolve_target(
             "tars, remote tars without gfpipe's _manifest.json); give a mean budget per image with --budget"
         )
     if budget.kind == "time":
+        assert shape is not None, "a time budget is resolved once the pool is known"
         seconds = _measure_step_seconds(config, shape)
         resolved = budget.resolve(step_seconds=seconds, num_images=max(todo or 1, 1), num_workers=shape.replicas)
         out.update(
@@ -275,26 +286,24 @@ def _resolve_target(
             clamped=resolved.clamped,
         )
         return out
-    per_image = budget.value if budget.kind == "mean" else budget.value / max(done_images + (todo or 0), 1)
+    # The user's own form first, so that an impossible budget is refused in the user's terms.
+    user = budget.resolve(macs, num_images=done_records + todo if budget.kind == "total" else None)
+    per_image = user.requested
     out["macs_per_image"] = per_image
-    remaining = per_image
-    if todo:
-        remaining = (per_image * (done_images + todo) - done_macs - calibration_macs) / todo
-    context = ""
-    if plan.done or calibration_macs:
-        context = (
-            f"{budget} with {done_images} images already done at {format_amount(done_macs)}"
-            f"{' and the calibration pass' if calibration_macs else ''}: "
-        )
+    if not (todo and (plan.done or calibration_macs)):
+        out.update(costs=macs.tolist(), target=user.target, message=user.message, clamped=user.clamped)
+        return out
+    remaining = (per_image * (done_images + todo) - done_macs - calibration_macs) / todo
+    context = (
+        f"{budget} with {done_images} images already done at {format_amount(done_macs)}"
+        f"{' and the calibration pass' if calibration_macs else ''}: "
+    )
     try:
-        resolved = Budget("mean", max(remaining, 1e-9)).resolve(macs, num_images=todo)
+        resolved = Budget("mean", max(remaining, 1e-9)).resolve(macs)
     except ValueError as exc:
         raise ValueError(context + str(exc)) from None
     out.update(
-        costs=macs.tolist(),
-        target=resolved.target,
-        message=context + resolved.message,
-        clamped=resolved.clamped,
+        costs=macs.tolist(), target=resolved.target, message=context + resolved.message, clamped=resolved.clamped
     )
     return out
 

@@ -47,6 +47,7 @@ def workspace(tmp_path_factory) -> Path:
 
 
 EVAL = ["evaluate", "--checkpoint", "model.pt", "--data", "glyphs/val", "--out", "eval"]
+CLASSIFY = ["classify", "--checkpoint", "model.pt", "--input", "glyphs/val", "--output", "tags"]
 
 # (arguments, text the one error line must contain)
 BAD_INVOCATIONS = [
@@ -95,6 +96,20 @@ BAD_INVOCATIONS = [
     (["synth", "--out", "glyphs", "--split", "val", "--count", "4"], "--overwrite"),
     (["synth", "--out", "s3://bucket/x", "--endpoint-url", "http://127.0.0.1:9", "--count", "1"], "127.0.0.1:9"),
     (["nosuch"], "nosuch"),
+    (["classify", "--input", "glyphs/val", "--output", "tags"], "--budget"),
+    (CLASSIFY + ["--budget", "1K"], "below the glance-only cost"),
+    (CLASSIFY + ["--budget-total", "1K"], "--budget-total 1K over 8 images"),
+    (CLASSIFY + ["--budget", "9M", "--batches-per-call", "0"], "--batches-per-call: must be >= 1, got 0"),
+    (CLASSIFY + ["--budget", "9M", "--replicas", "0"], "--replicas: must be >= 1, got 0"),
+    (CLASSIFY + ["--budget", "9M", "--cpus-per-replica", "-1"], "--cpus-per-replica must be > 0"),
+    (CLASSIFY + ["--budget", "9M", "--calibrate", "0"], "--calibrate: must be >= 1, got 0"),
+    (CLASSIFY + ["--budget", "9M", "--device", "tpu"], "'tpu'"),
+    (["classify", "--input", "nowhere/val", "--output", "tags", "--budget", "9M"], "nowhere/val"),
+    (["classify", "--input", "glyphs/val", "--output", "a-file/tags", "--budget", "9M"], "a-file"),
+    (
+        ["classify", "--input", "glyphs/val", "--output", "tags", "--budget", "9M", "--checkpoint", "missing.pt"],
+        "missing.pt",
+    ),
 ]
 
 
@@ -103,6 +118,7 @@ def test_every_bad_invocation_is_one_line_with_status_2(workspace):
     problems = one_line_error_problems(BAD_INVOCATIONS, workspace)
     assert not problems, "\n".join(problems)
     assert not (workspace / "eval").exists() or not any((workspace / "eval").iterdir())
+    assert not (workspace / "tags").exists() or not any(p.name != "_gfpipe" for p in (workspace / "tags").iterdir())
 
 
 def test_help_shows_every_flag_with_a_help_line_and_its_default(workspace):

@@ -15,6 +15,18 @@ def test_model_core_imports_no_ray_or_storage():
     assert result.returncode == 0, f"imported: {result.stdout.strip()} {result.stderr[-2000:]}"
 
 
+def test_the_classify_job_imports_ray_only_when_it_runs():
+    """The job's modules import Ray inside functions, so `gfpipe classify --help`, argument checks
+    and the report cost no Ray start-up, and the engine's callers stay Ray-free."""
+    code = (
+        "import sys; import gfpipe.pipeline, gfpipe.report, gfpipe.commands.classify; "
+        "import gfpipe.classify.replica, gfpipe.classify.ledger, gfpipe.classify.state; "
+        "print('ray' in sys.modules); sys.exit(1 if 'ray' in sys.modules else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, f"ray imported: {result.stdout.strip()} {result.stderr[-2000:]}"
+
+
 def test_library_modules_import_no_argparse_and_no_command_code():
     """argparse lives in gfpipe/cli.py and gfpipe/commands/ only; the library never imports them."""
     import ast
