@@ -154,6 +154,7 @@ def classify(config: ClassifyConfig) -> dict[str, Any]:
         bins=CONFIDENCE_BINS,
     )
     summary["pool"] = run["pool"]
+    summary["engine"] = run.get("engine")
     write_json(layout.summary_uri, summary, options)
     _write_report(layout, summary, markers, model, config)
     return summary
@@ -184,6 +185,7 @@ def _classify_shards(
     ledger = _start_ledger(config, model, plan, macs, shape, target, run_id)
     fault = os.environ.get(FAULT_ENV, "")
     nodes: dict[str, int] = {}
+    engine = dict.fromkeys(("image_steps", "full_image_steps", "model_calls", "partial_calls", "model_seconds"), 0.0)
     progress = _ProgressLine(ledger, target.get("todo_images"), target["macs_per_image"], config.progress_seconds)
     try:
         for batch in _dataset(config, plan, shape, run_id, fault, model.card.preprocessing).iter_batches(
@@ -192,6 +194,8 @@ def _classify_shards(
             for i in range(len(batch["sid"])):
                 row = {name: column[i] for name, column in batch.items()}
                 nodes[str(row["node"])] = nodes.get(str(row["node"]), 0) + int(row["last"] - row["first"] + 1)
+                for name in engine:
+                    engine[name] += float(row[name])
                 if tracker.add(row):
                     _maybe_kill_driver(fault, len(tracker.done))
         tracker.finish_empty()
@@ -205,7 +209,18 @@ def _classify_shards(
             f"{len(unfinished)} shards did not finish: {', '.join(unfinished[:5])}; "
             "re-run the same command to classify them (done shards are kept)"
         )
-    return {"status": status, "target": target, "nodes": nodes, "pool": dataclasses.asdict(shape)}
+    engine["full_batch_share"] = engine["full_image_steps"] / engine["image_steps"] if engine["image_steps"] else None
+    engine["note"] = "image-steps of this run's model calls (a retried call counts each try)"
+    pool = {
+        **dataclasses.asdict(shape),
+        "batch_size": config.batch_size,
+        "batches_per_call": _batches_per_call(config, shape),
+    }
+    return {"status": status, "target": target, "nodes": nodes, "pool": pool, "engine": engine}
+
+
+def _batches_per_call(config: ClassifyConfig, shape: PoolShape) -> int:
+    return config.batches_per_call or (8 if shape.device == "cuda" else 2)
 
 
 def _maybe_kill_driver(fault: str, shards_done: int) -> None:
@@ -438,7 +453,7 @@ def _dataset(
     )
     return ds.map_batches(
         ClassifyReplica,
-        batch_size=config.batch_size * config.batches_per_call,
+        batch_size=config.batch_size * _batches_per_call(config, shape),
         compute=ray.data.ActorPoolStrategy(size=shape.replicas),
         num_cpus=shape.cpus_per_replica,
         num_gpus=shape.gpus_per_replica,

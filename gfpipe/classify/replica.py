@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -138,8 +139,11 @@ class ClassifyReplica:
         _maybe_fault(self.fault, self.calls, "start")
         keys = [str(k) for k in batch["key"]]
         call = hashlib.sha1("\n".join(keys).encode()).hexdigest()
-        rows, client = self._classify(batch, keys, call)
+        started = time.perf_counter()
+        rows, client, stats = self._classify(batch, keys, call)
+        model_seconds = time.perf_counter() - started
         summary = self._write_parts(batch, rows)
+        _add_call_stats(summary, stats, self.batch_size, model_seconds)
         _maybe_fault(self.fault, self.calls, "written")
         client.sync(final=True)
         yield summary
@@ -148,7 +152,7 @@ class ClassifyReplica:
 
     def _classify(
         self, batch: Mapping[str, np.ndarray], keys: list[str], call: str
-    ) -> tuple[list[dict[str, Any]], LedgerClient]:
+    ) -> tuple[list[dict[str, Any]], LedgerClient, Any]:
         """Error rows for what could not be decoded, the engine's rows for the rest (input order)."""
         from gfpipe.engine import EarlyExitEngine
 
@@ -186,7 +190,7 @@ class ClassifyReplica:
                 node=self.node,
             )
             rows.append(row)
-        return rows, client
+        return rows, client, engine.stats
 
     def _batches(self, keys: list[int], images: torch.Tensor) -> Iterator[tuple[list[int], torch.Tensor]]:
         """uint8 rows -> normalised float model batches on the device, one batch at a time."""
@@ -227,6 +231,26 @@ class ClassifyReplica:
             "errors": np.array(summary["errors"], dtype=object),
             "node": np.array(summary["node"], dtype=object),
         }
+
+
+def _add_call_stats(summary: dict[str, np.ndarray], stats: Any, batch_size: int, seconds: float) -> None:
+    """The call's model-batch figures, on its first summary row (zeros on the others): image-steps
+    run, those in full batches, model calls, partial calls, seconds in the engine."""
+    n = len(summary["sid"])
+    image_steps = sum(size for _, size in stats.calls)
+    full = sum(size for _, size in stats.calls if size == batch_size)
+    partial = sum(1 for _, size in stats.calls if size < batch_size)
+    for name, value, dtype in (
+        ("image_steps", image_steps, np.int64),
+        ("full_image_steps", full, np.int64),
+        ("model_calls", len(stats.calls), np.int64),
+        ("partial_calls", partial, np.int64),
+        ("model_seconds", seconds, np.float64),
+    ):
+        column = np.zeros(n, dtype)
+        if n:
+            column[0] = value
+        summary[name] = column
 
 
 def _error_row(reason: str) -> dict[str, Any]:

@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batches-per-call",
         type=int_at_least(1),
-        default=2,
-        help="model batches per actor call: the pool of hard images requeued together",
+        default=None,
+        help="model batches per actor call, the pool of hard images requeued together (default: 8 on GPUs, 2 on CPUs)",
     )
     parser.add_argument("--replicas", type=int_at_least(1), help="model actors (default: one per GPU, or from CPUs)")
     parser.add_argument("--cpus-per-replica", type=float, help="CPUs per model actor (default: from the cluster)")
