@@ -247,8 +247,9 @@ def gpu_bench(args) -> None:
     torch.manual_seed(0)
     resnet = GFNet(GFNetConfig(backbone="resnet50", num_classes=1000, patch_size=96, T=5)).eval()
     randomize_weights(resnet)
-    big = np.random.default_rng(0).integers(0, 256, (args.images // 4, 3, 224, 224), dtype=np.uint8)
-    for name, model, pics, batches in (("demo", demo, images, (256, 1024)), ("resnet50", resnet, big, (128, 256))):
+    big = np.random.default_rng(0).integers(0, 256, (args.images, 3, 224, 224), dtype=np.uint8)
+    models = (("demo", demo, images, (256, 1024)), ("resnet50", resnet, big, (128, 256)))
+    for name, model, pics, batches in (m for m in models if m[0] in args.models.split(",")):
         model = model.to(device)
         costs = np.asarray(step_costs(model))
         with torch.inference_mode():
@@ -261,7 +262,7 @@ def gpu_bench(args) -> None:
         eta = solve_thresholds(costs, scores, target).thresholds
         pic_keys = [str(i) for i in range(len(pics))]
         for batch in batches:
-            for per_call in (2, 8):
+            for per_call in (int(c) for c in args.calls.split(",")):
                 engine_rate(model, pic_keys[: batch * 2], pics[: batch * 2], batch, batch * 2, device, thresholds=eta,
                             autocast_dtype=torch.bfloat16, channels_last=True)  # fmt: skip
                 with BusySampler() as sampler:
@@ -284,6 +285,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches-per-call", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--calls", default="2,8,32", help="GPU: model batches per call to measure")
+    parser.add_argument("--models", default="demo,resnet50", help="GPU: which models")
     args = parser.parse_args()
     if args.device == "cuda":
         gpu_bench(args)

@@ -213,14 +213,18 @@ def _classify_shards(
     engine["note"] = "image-steps of this run's model calls (a retried call counts each try)"
     pool = {
         **dataclasses.asdict(shape),
-        "batch_size": config.batch_size,
+        "batch_size": _batch_size(config, shape),
         "batches_per_call": _batches_per_call(config, shape),
     }
     return {"status": status, "target": target, "nodes": nodes, "pool": pool, "engine": engine}
 
 
 def _batches_per_call(config: ClassifyConfig, shape: PoolShape) -> int:
-    return config.batches_per_call or (8 if shape.device == "cuda" else 2)
+    return config.batches_per_call or (32 if shape.device == "cuda" else 2)
+
+
+def _batch_size(config: ClassifyConfig, shape: PoolShape) -> int:
+    return config.batch_size or (256 if shape.device == "cuda" else 64)
 
 
 def _maybe_kill_driver(fault: str, shards_done: int) -> None:
@@ -343,7 +347,7 @@ def _measure_step_seconds(config: ClassifyConfig, shape: PoolShape) -> list[floa
         config.checkpoint,
         config.checkpoint_overrides,
         config.storage_options,
-        config.batch_size,
+        _batch_size(config, shape),
         shape.device,
         shape.threads,
         config.bf16,
@@ -371,7 +375,7 @@ def _calibration(config: ClassifyConfig, model: Any, plan: ShardPlan, shape: Poo
                 config.checkpoint_overrides,
                 shards,
                 config.calibrate,
-                config.batch_size,
+                _batch_size(config, shape),
                 shape.device,
                 config.storage_options,
                 config.read_options,
@@ -453,7 +457,7 @@ def _dataset(
     )
     return ds.map_batches(
         ClassifyReplica,
-        batch_size=config.batch_size * _batches_per_call(config, shape),
+        batch_size=_batch_size(config, shape) * _batches_per_call(config, shape),
         compute=ray.data.ActorPoolStrategy(size=shape.replicas),
         num_cpus=shape.cpus_per_replica,
         num_gpus=shape.gpus_per_replica,
@@ -464,7 +468,7 @@ def _dataset(
             "storage_options": config.storage_options,
             "ledger_name": ledger_name,
             "run_id": run_id,
-            "batch_size": config.batch_size,
+            "batch_size": _batch_size(config, shape),
             "device": shape.device,
             "threads": shape.threads,
             "bf16": config.bf16,

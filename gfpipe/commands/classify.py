@@ -28,12 +28,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "instead of the checkpoint's calibration",
     )
     parser.add_argument("--overwrite", action="store_true", help="start over: remove what earlier runs wrote here")
-    parser.add_argument("--batch-size", type=int_at_least(1), default=64, help="images per model call")
+    parser.add_argument(
+        "--batch-size",
+        type=int_at_least(1),
+        default=None,
+        help="images per model call (default: 256 on GPUs, 64 on CPUs)",
+    )
     parser.add_argument(
         "--batches-per-call",
         type=int_at_least(1),
         default=None,
-        help="model batches per actor call, the pool of hard images requeued together (default: 8 on GPUs, 2 on CPUs)",
+        help="model batches per actor call, the pool of hard images requeued together (default: 32 on GPUs, 2 on CPUs)",
     )
     parser.add_argument("--replicas", type=int_at_least(1), help="model actors (default: one per GPU, or from CPUs)")
     parser.add_argument("--cpus-per-replica", type=float, help="CPUs per model actor (default: from the cluster)")

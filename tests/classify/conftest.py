@@ -19,7 +19,7 @@ def ray_local() -> Iterator[str]:
     """A real local Ray on 2 CPUs for this module; yields its address (for subprocess drivers)."""
     import ray
 
-    ray.init(num_cpus=2, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, logging_level=logging.WARNING)  # never a `ray start` cluster
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
