@@ -38,7 +38,7 @@ from gfpipe.classify.config import ClassifyConfig
 from gfpipe.classify.layout import OutputLayout
 from gfpipe.classify.ledger import BudgetLedger
 from gfpipe.classify.replica import CONFIDENCE_BINS, FAULT_ENV, ClassifyReplica
-from gfpipe.classify.state import ShardPlan, ShardTracker, plan_shards
+from gfpipe.classify.state import ShardPlan, ShardTracker, clear_leftovers, plan_shards
 from gfpipe.classify.summary import build_summary, report_samples
 from gfpipe.data.io import ensure_writable, write_json
 from gfpipe.data.shards import count_images, discover_shards
@@ -111,16 +111,13 @@ def classify(config: ClassifyConfig) -> dict[str, Any]:
     model = load_checkpoint(config.checkpoint, storage_options=options, **config.checkpoint_overrides)
     shards = discover_shards(config.input, options, config.read_options)
     layout = OutputLayout(config.output, options)
-    if config.overwrite:
-        removed = layout.remove_all()
-        log.info("--overwrite: removed the earlier output (%d shard folders)", removed)
-    plan = plan_shards(shards, layout)
+    plan = plan_shards(shards, layout, fresh=config.overwrite)
     run_id = f"{_now()}-{uuid.uuid4().hex[:6]}"
     macs = np.asarray(step_costs(model), np.float64)
     tracker = ShardTracker(layout, plan, run_id, model.config.T)
-    if plan.todo:
-        # A budget in MACs is checked before Ray starts; a time budget needs a measurement on Ray.
-        target = None if config.budget.kind == "time" else _resolve_target(config, plan, macs, None)
+    # A budget in MACs is checked before Ray starts (and before anything is removed); a time
+    # budget needs a measurement on Ray.
+    target = _resolve_target(config, plan, macs, None) if plan.todo and config.budget.kind != "time" else None
     log.info(
         "%d shards: %d to classify (%d changed since done), %d already done",
         len(shards),
@@ -183,6 +180,9 @@ def _classify_shards(
     shape = pool_shape(config, ray.cluster_resources())
     target = target or _resolve_target(config, plan, macs, shape)
     ledger = _start_ledger(config, model, plan, macs, shape, target, run_id)
+    if config.overwrite:
+        log.info("--overwrite: removed the earlier output (%d shard folders)", tracker.layout.remove_all())
+    clear_leftovers(plan, tracker.layout)
     fault = os.environ.get(FAULT_ENV, "")
     nodes: dict[str, int] = {}
     engine = dict.fromkeys(("image_steps", "full_image_steps", "model_calls", "partial_calls", "model_seconds"), 0.0)

@@ -35,8 +35,10 @@ class ShardPlan:
     changed: list[str] = field(default_factory=list)  # sids redone because their content changed
 
 
-def plan_shards(shards: Sequence[Shard], layout: OutputLayout) -> ShardPlan:
-    markers = layout.list_json("done")
+def plan_shards(shards: Sequence[Shard], layout: OutputLayout, fresh: bool = False) -> ShardPlan:
+    """Compare the input with the done markers (none when `fresh`: --overwrite). Only reads:
+    `clear_leftovers` removes what the run will redo, once every check has passed."""
+    markers = {} if fresh else layout.list_json("done")
     plan = ShardPlan()
     for shard in shards:
         sid = shard_id(shard.uri)
@@ -53,9 +55,15 @@ def plan_shards(shards: Sequence[Shard], layout: OutputLayout) -> ShardPlan:
                 marker.get("fingerprint"),
                 now.to_dict(),
             )
-        layout.remove_shard_outputs(sid)
         plan.todo.append((shard, sid, now))
     return plan
+
+
+def clear_leftovers(plan: ShardPlan, layout: OutputLayout) -> None:
+    """Remove the parts, record counts and markers of the shards this run classifies, so that no
+    row of an unfinished or outdated run can stay beside the new ones."""
+    for _, sid, _ in plan.todo:
+        layout.remove_shard_outputs(sid)
 
 
 class ShardTracker:

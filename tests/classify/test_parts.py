@@ -22,7 +22,7 @@ from gfpipe.classify.layout import (
 )
 from gfpipe.classify.ledger import BudgetLedger
 from gfpipe.classify.parts import SCHEMA, read_rows, write_part
-from gfpipe.classify.state import ShardTracker, plan_shards
+from gfpipe.classify.state import ShardTracker, clear_leftovers, plan_shards
 from gfpipe.data.shards import Shard
 
 
@@ -153,10 +153,14 @@ def test_plan_skips_done_shards_redoes_changed_ones_and_cleans_unfinished_ones(t
     os.utime(shards[1].uri, (1, 1))
     (tmp_path / "in" / "b.tar").write_bytes(b"y" * 11)
     again = plan_shards(shards, layout)
+    assert layout.part_ranges(c_sid) == [(0, 0)]  # planning only reads
+    clear_leftovers(again, layout)
     assert list(again.done) == [plan.todo[0][1]]
     assert [s.uri for s, _, _ in again.todo] == [shards[1].uri, shards[2].uri]
     assert again.changed == [plan.todo[1][1]]
     assert layout.part_ranges(c_sid) == []  # the unfinished shard's stray part is gone
+    assert os.path.exists(layout.done_uri(plan.todo[0][1]))  # the done one stays
+    assert not os.path.exists(layout.done_uri(plan.todo[1][1]))  # the changed one is redone
     assert not os.path.exists(layout.records_uri(c_sid))
 
 
@@ -184,3 +188,22 @@ def test_fingerprints_see_size_and_version():
     assert Fingerprint.from_info({"size": 3, "ETag": '"abc"'}) == Fingerprint(3, "abc")
     assert Fingerprint.from_info({"size": 3, "mtime": 1.5}) == Fingerprint(3, "1.5")
     assert Fingerprint(3, "a") != Fingerprint(4, "a") and Fingerprint(3, "a") != Fingerprint(3, "b")
+
+
+def test_a_refused_budget_removes_nothing_even_with_overwrite(tmp_path):
+    """Checks come before anything is deleted: a typo in the budget must not cost last night's output."""
+    from gfpipe.budget.grammar import parse_budget
+    from gfpipe.classify.config import ClassifyConfig
+    from gfpipe.data.synthetic import SynthConfig, write_dataset
+    from gfpipe.pipeline import classify
+
+    write_dataset(str(tmp_path / "in"), "test", 4, SynthConfig(image_size=128, seed=1), shard_size=4)
+    shard = str(tmp_path / "in" / "test" / "shard-000000.tar")
+    layout = OutputLayout(str(tmp_path / "out"))
+    write_part(layout.part_uri(shard_id(shard), 0, 3), [_row(k) for k in "abcd"])
+    config = ClassifyConfig(
+        input=str(tmp_path / "in" / "test"), output=str(tmp_path / "out"), budget=parse_budget("1K"), overwrite=True
+    )
+    with pytest.raises(ValueError, match="below the glance-only cost"):
+        classify(config)
+    assert layout.part_ranges(shard_id(shard)) == [(0, 3)]
