@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(input_uri: str, output: str, budget: str = "9M", **settings) -> dict:
+    kind = "time" if budget[-1] in "hms" else "mean"
     config = ClassifyConfig(
-        input=input_uri, output=output, budget=parse_budget(budget), progress_seconds=60.0, **settings
+        input=input_uri, output=output, budget=parse_budget(budget, kind), progress_seconds=60.0, **settings
     )
     return classify(config)
 
@@ -190,3 +191,20 @@ def test_s3_to_s3_with_corrupt_files(ray_local, s3_server, tmp_path):
     assert b"data:image/png;base64," in read_bytes(f"{out}/report.html", options)
     again = run(data, out, storage_options=options)
     assert again["shards"]["skipped_done"] == 3 and again["shards"]["classified"] == 0
+
+
+def test_calibrate_on_the_archive_and_a_time_budget(ray_local, tmp_path):
+    """--calibrate N: thresholds from N images of the input, whose all-steps cost is charged;
+    --budget-time: per-step seconds measured on a replica, the target derived from the wall time."""
+    write_archive(tmp_path / "in", "test", 200, 100)
+    data = str(tmp_path / "in" / "test")
+    calibrated = run(data, str(tmp_path / "cal"), budget="9M", calibrate=64)
+    costs = calibrated["step_macs"]
+    assert calibrated["thresholds"]["calibration"] == "64 images sampled from the input"
+    assert calibrated["budget"]["calibration_macs"] == pytest.approx(64 * costs[-1])
+    rows = assert_exactly_once(str(tmp_path / "cal"), data)
+    assert calibrated["budget"]["total_macs"] == pytest.approx(sum(r["macs"] for r in rows) + 64 * costs[-1])
+
+    timed = run(data, str(tmp_path / "timed"), budget="1h")  # far more than needed: every image runs all steps
+    assert timed["budget"]["unit"] == "s" and timed["budget"]["clamped"]
+    assert timed["exits"] == [0, 0, 200]
