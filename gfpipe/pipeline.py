@@ -186,7 +186,14 @@ def _classify_shards(
     fault = os.environ.get(FAULT_ENV, "")
     nodes: dict[str, int] = {}
     engine = dict.fromkeys(("image_steps", "full_image_steps", "model_calls", "partial_calls", "model_seconds"), 0.0)
-    progress = _ProgressLine(ledger, target.get("todo_images"), target["macs_per_image"], config.progress_seconds)
+    monitor = _Monitor(
+        ledger,
+        target.get("todo_images"),
+        target["macs_per_image"],
+        config.progress_seconds,
+        config.stall_seconds,
+        shape,
+    )
     try:
         for batch in _dataset(config, plan, shape, run_id, fault, model.card.preprocessing).iter_batches(
             batch_size=None, batch_format="numpy"
@@ -200,8 +207,12 @@ def _classify_shards(
                     _maybe_kill_driver(fault, len(tracker.done))
         tracker.finish_empty()
         status = ray.get(ledger.status.remote())
+    except KeyboardInterrupt:
+        if monitor.stalled:
+            raise RuntimeError(monitor.stalled) from None
+        raise
     finally:
-        progress.stop()
+        monitor.stop()
         ray.kill(ledger)
     unfinished = tracker.unfinished()
     if unfinished:
@@ -481,40 +492,85 @@ def _dataset(
     )
 
 
-class _ProgressLine:
-    """A log line every `interval` seconds: images done / total, images/s, ETA, cost vs budget."""
+class _Monitor:
+    """Watches the run from a thread: a progress line every `interval` seconds (images done /
+    total, images/s, ETA, cost vs budget), and a stall check.
 
-    def __init__(self, ledger: Any, total: int | None, budget_macs: float, interval: float) -> None:
+    A Ray Data job whose cluster can no longer place its actors (a node was lost and what is left
+    is smaller than one replica plus a read task) waits forever. A nightly job must fail instead,
+    so that it can be re-run (done shards are kept): when no image has finished for
+    `stall_seconds`, the monitor interrupts the driver with a message that shows the cluster's
+    resources against what the pool needs.
+    """
+
+    def __init__(
+        self,
+        ledger: Any,
+        total: int | None,
+        budget_macs: float,
+        interval: float,
+        stall_seconds: float,
+        shape: PoolShape,
+    ) -> None:
         self.ledger, self.total, self.budget, self.interval = ledger, total, budget_macs, interval
+        self.stall_seconds, self.shape = stall_seconds, shape
+        self.stalled: str | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gfpipe-progress", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="gfpipe-monitor", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        import _thread
+
         import ray
 
-        while not self._stop.wait(self.interval):
+        tick = min(self.interval, 5.0)
+        last_line = last_change = time.monotonic()
+        last_images = -1
+        while not self._stop.wait(tick):
             try:
                 status = ray.get(self.ledger.status.remote(), timeout=5)
-            except Exception:  # noqa: BLE001 - progress is best effort
+            except Exception:  # noqa: BLE001 - monitoring is best effort
                 continue
-            images, seconds = status["images"], max(status["seconds"], 1e-9)
-            rate = images / seconds
-            done = f"{images}/{self.total}" if self.total else f"{images}"
-            eta = ""
-            if self.total and rate > 0:
-                eta = f", ETA {format_duration(max(self.total - images, 0) / rate)}"
-            mean = status["spent_macs"] / images if images else 0.0
-            log.info(
-                "classified %s images, %.1f images/s%s, cost %s per image vs budget %s (%.1f%%)",
-                done,
-                rate,
-                eta,
-                format_amount(mean),
-                format_amount(self.budget),
-                100 * mean / self.budget if self.budget else 0.0,
-            )
+            now = time.monotonic()
+            if status["images"] != last_images:
+                last_images, last_change = status["images"], now
+            elif self.stall_seconds and now - last_change >= self.stall_seconds:
+                self.stalled = self._stall_message(now - last_change, ray.cluster_resources())
+                log.error("%s", self.stalled)
+                _thread.interrupt_main()
+                return
+            if now - last_line >= self.interval:
+                last_line = now
+                self._line(status)
+
+    def _stall_message(self, seconds: float, cluster: Mapping[str, float]) -> str:
+        need = f"{self.shape.cpus_per_replica:g} CPU" + (
+            f" + {self.shape.gpus_per_replica:g} GPU" if self.shape.gpus_per_replica else ""
+        )
+        return (
+            f"no image finished for {format_duration(seconds)}: the job is stuck. The cluster now has "
+            f"{cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs; each model replica needs {need} "
+            f"and each read task {self.shape.read_cpus:g} CPU (a lost node?). Re-run the same command to resume "
+            "(done shards are kept); --stall-timeout changes this limit"
+        )
+
+    def _line(self, status: Mapping[str, Any]) -> None:
+        images, seconds = status["images"], max(status["seconds"], 1e-9)
+        rate = images / seconds
+        done = f"{images}/{self.total}" if self.total else f"{images}"
+        eta = f", ETA {format_duration(max(self.total - images, 0) / rate)}" if self.total and rate > 0 else ""
+        mean = status["spent_macs"] / images if images else 0.0
+        log.info(
+            "classified %s images, %.1f images/s%s, cost %s per image vs budget %s (%.1f%%)",
+            done,
+            rate,
+            eta,
+            format_amount(mean),
+            format_amount(self.budget),
+            100 * mean / self.budget if self.budget else 0.0,
+        )
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=1)
+        self._thread.join(timeout=10)

@@ -44,6 +44,7 @@ class ClassifyConfig:
     shadow_share: float = 0.05
     seed: int = 0
     progress_seconds: float = 10.0
+    stall_seconds: float = 900.0  # no image finished for this long: fail (0: wait forever)
     report_samples: int = 8
     address: str | None = None
 
@@ -61,5 +62,7 @@ class ClassifyConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 0 <= self.shadow_share < 0.5:
             raise ValueError(f"shadow_share must be in [0, 0.5), got {self.shadow_share}")
+        if self.stall_seconds < 0:
+            raise ValueError(f"stall_seconds must be >= 0 (0: never), got {self.stall_seconds}")
         if self.progress_seconds <= 0:
             raise ValueError(f"progress_seconds must be > 0, got {self.progress_seconds}")

@@ -300,14 +300,18 @@ def _error_counts(rows: list[dict[str, Any]]) -> str:
 def _maybe_fault(spec: str, calls: int, point: str) -> None:
     """Test hook (GFPIPE_CLASSIFY_FAULT in the driver, e.g. 'kill-actor:call=2:at=written:marker=/tmp/m'):
     the actor process exits at that call, at its start or after its parts are written (before its
-    final ledger report), once per marker file."""
-    if not spec.startswith("kill-actor"):
+    final ledger report), once per marker file; 'hang-actor:call=1' makes it wait forever instead."""
+    if not spec.startswith(("kill-actor", "hang-actor")):
         return
     fields = dict(p.partition("=")[::2] for p in spec.split(":")[1:])
     if calls != int(fields.get("call", 1)) or fields.get("at", "start") != point:
         return
     from gfpipe.train.faults import claim
 
-    if claim(fields.get("marker")):
-        log.warning("test fault: this model actor exits at call %d", calls)
-        os._exit(1)
+    if not claim(fields.get("marker")):
+        return
+    if spec.startswith("hang-actor"):
+        log.warning("test fault: this model actor hangs at call %d", calls)
+        time.sleep(10**6)
+    log.warning("test fault: this model actor exits at call %d", calls)
+    os._exit(1)

@@ -50,6 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", default="image", help="Parquet input: the column holding image bytes")
     parser.add_argument("--key-column", default=None, help="Parquet input: a column of unique image keys")
     parser.add_argument("--top-k", type=int_at_least(1), default=5, help="classes per row in topk_labels/topk_probs")
+    parser.add_argument(
+        "--stall-timeout",
+        type=_duration,
+        default=900.0,
+        metavar="DURATION",
+        help="fail when no image has finished for this long, e.g. 15m (a lost node can leave the job "
+        "waiting forever for resources; re-running resumes); 0 waits forever",
+    )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
     parser.add_argument("--arch", help="official checkpoints without metadata: backbone name")
     parser.add_argument("--patch-size", type=int_at_least(1), help="official checkpoints without metadata: patch side")
@@ -60,6 +68,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the model's class names, one per line (official checkpoints label classes 0..K-1)",
     )
     add_storage_arguments(parser)
+
+
+def _duration(text: str) -> float:
+    from gfpipe.budget.grammar import parse_duration
+
+    if text.strip() == "0":
+        return 0.0
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         bf16=not args.no_bf16,
         top_k=args.top_k,
         address=args.address,
+        stall_seconds=args.stall_timeout,
     )
     summary = classify(config)
     console.print(summary_text(summary))

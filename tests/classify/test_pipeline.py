@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(input_uri: str, output: str, budget: str = "9M", **settings) -> dict:
     kind = "time" if budget[-1] in "hms" else "mean"
     config = ClassifyConfig(
-        input=input_uri, output=output, budget=parse_budget(budget, kind), progress_seconds=60.0, **settings
+        input=input_uri, output=output, budget=parse_budget(budget, kind), **{"progress_seconds": 60.0, **settings}
     )
     return classify(config)
 
