@@ -7,12 +7,14 @@ shards of 500, 10 corrupt), submits the user's command
     ray job submit --address http://127.0.0.1:DASHBOARD --working-dir . --no-wait --submission-id ID \
         -- python jobs/classify.py --input IN --output OUT --budget 9M
 
-and, once some shards are done, kills the worker node's whole process group with SIGKILL (its
-raylet and the actors and tasks on it). Then it waits for the job; if the job fails (or runs past
---timeout, or makes no progress for --stall seconds: then it is stopped) it submits the same
-command once more (a re-run skips done shards) on what is left of the cluster. Measured:
+and, once 2 shards are done or a quarter of the rows are written, kills the worker node's whole
+process group with SIGKILL (its raylet; the actors and tasks on it die with it). Then it waits for
+the job; if the job fails (or runs past --timeout, or makes no progress for --stall seconds: then
+it is stopped) it submits the same command once more (a re-run skips done shards) on what is left
+of the cluster. Measured:
   - whether and how the job finished (first try, after a re-run, not at all) and each try's wall time;
-  - how long Ray took to mark the killed node dead, and which processes outlived the kill;
+  - how long Ray took to mark the killed node dead, which actors died with it, and which of its
+    processes outlived the kill (Ray's workers run in process groups of their own);
   - every input image exactly once in the output (rows, duplicated keys, missing keys, extra keys);
   - the summary's total_macs against the sum of the rows' macs; rows per node (head / killed worker);
   - Ray's retries (summary retried_calls), the pool the job chose, where its driver ran.
@@ -24,12 +26,13 @@ command once more (a re-run skips done shards) on what is left of the cluster. M
 Both nodes use a Ray temp dir of their own (/tmp/rayf-*), so `ray.init()` elsewhere on this
 machine never finds this cluster. Ray replaces --node-ip-address 127.0.0.1 by the machine's
 address, so rows name both nodes by that IP: the figures tell them apart by node id.
-Writes bench/results/faults.json (figures, machine, command).
+Writes bench/results/faults.json (--results NAME: NAME.json) with the figures, machine, command.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -89,6 +92,14 @@ def done_markers(output: Path) -> int:
     """How many shards the job has marked done so far."""
     folder = output / "_gfpipe" / "done"
     return len(list(folder.glob("*.json"))) if folder.is_dir() else 0
+
+
+def rows_written(output: Path) -> int:
+    """Rows in the part files written so far (from their names: part-FIRST-LAST.parquet)."""
+    from gfpipe.classify.layout import parse_part
+
+    ranges = (parse_part(p.name) for p in output.glob("*/part-*.parquet"))
+    return sum(last - first + 1 for first, last in filter(None, ranges))
 
 
 def rows_by_node(output: Path, names: dict[str, str]) -> dict[str, int]:
@@ -193,6 +204,16 @@ def http_json(url: str, data: bytes | None = None, timeout: float = 10.0) -> dic
         return json.loads(response.read())
 
 
+def actors_on_node(dashboard: str, node_id: str) -> list[str]:
+    """'Class: STATE' for every actor the state API places on `node_id` (what a lost node took with it)."""
+    try:
+        answer = http_json(f"{dashboard}/api/v0/actors?limit=1000&detail=false&timeout=10")
+    except (OSError, ValueError):
+        return []
+    actors = answer["data"]["result"]["result"]
+    return sorted(f"{a['class_name']}: {a['state']}" for a in actors if a.get("node_id") == node_id)
+
+
 def list_nodes(dashboard: str) -> list[dict]:
     """The cluster's nodes from the state API: node_id, is_head_node, state, resources_total..."""
     answer = http_json(f"{dashboard}/api/v0/nodes?limit=100&detail=false&timeout=10")
@@ -291,17 +312,20 @@ def stop_job(dashboard: str, submission_id: str) -> None:
         time.sleep(1)
 
 
-def wait_until_done_markers(dashboard: str, submission_id: str, output: Path, count: int, timeout: float) -> None:
-    """Wait until `count` shards are done (an error if the job ends or the time runs out first)."""
+def wait_for_kill_point(
+    dashboard: str, submission_id: str, output: Path, shards: int, rows: int, timeout: float
+) -> None:
+    """Wait until `shards` shards are done or `rows` rows are written, whichever comes first (done
+    markers can lag: the driver marks a shard once Ray Data hands it the parts' summaries)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if done_markers(output) >= count:
+        if done_markers(output) >= shards or rows_written(output) >= rows:
             return
         status = job_info(dashboard, submission_id)["status"]
         if status in TERMINAL:
-            raise RuntimeError(f"the job ended ({status}) before {count} shards were done; lower --kill-after")
+            raise RuntimeError(f"the job ended ({status}) before the kill point; lower --kill-after/--kill-fraction")
         time.sleep(0.5)
-    raise RuntimeError(f"fewer than {count} shards were done after {timeout:.0f} s")
+    raise RuntimeError(f"the job did not reach the kill point in {timeout:.0f} s")
 
 
 def progress_mark(output: Path) -> tuple[int, int]:
@@ -362,6 +386,7 @@ def attempt_record(dashboard: str, submission_id: str, status: str, work: Path, 
     return {
         "submission_id": submission_id,
         "status": status,
+        "ray_status": info.get("status"),
         "message": (info.get("message") or "")[-500:],
         "wall_s": round((end - start) / 1000, 1) if start and end else None,
         "driver_node": names.get(driver[:8], driver),
@@ -381,6 +406,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--shard-size", type=int, default=500, help="images per shard")
     parser.add_argument("--corrupt", type=int, default=10, help="corrupt images among them (error rows)")
     parser.add_argument("--kill-after", type=int, default=2, help="kill the worker once this many shards are done")
+    parser.add_argument("--kill-fraction", type=float, default=0.25, help="... or once this share of rows is written")
     parser.add_argument("--head-cpus", type=float, default=1, help="CPUs of the head node")
     parser.add_argument("--worker-cpus", type=float, default=2, help="CPUs of the worker node (the one killed)")
     parser.add_argument("--budget", default="9M", help="the job's --budget")
@@ -388,6 +414,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per try before the job is stopped")
     parser.add_argument("--stall", type=float, default=180, help="seconds without progress before the job is stopped")
     parser.add_argument("--reruns", type=int, default=1, help="re-runs of the same command if a try fails")
+    parser.add_argument("--results", default="faults", help="results name: bench/results/NAME.json")
     parser.add_argument("--workdir", default=None, help="work folder (default: a new temp folder, kept)")
     return parser.parse_args()
 
@@ -433,7 +460,7 @@ def main() -> int:
             stop_node(proc)
     figures["work_folder"] = str(work)
     figures["total_s"] = round(time.time() - started, 1)
-    path = write_results("faults", figures)
+    path = write_results(args.results, figures)
     print(json.dumps(figures, indent=2))
     log(f"wrote {path}")
     return 0 if figures["finished"] and figures["outcome"]["exactly_once"] else 1
@@ -449,18 +476,20 @@ def run_with_kill(
     worker_id: str,
     names: dict[str, str],
 ) -> dict:
-    """Submit, kill the worker node once --kill-after shards are done, wait; re-run on failure."""
+    """Submit, kill the worker node at the kill point (--kill-after, --kill-fraction), wait; re-run on failure."""
     tag = time.strftime("%H%M%S")
     command = submit_command(dashboard, f"faults-{tag}-1", data, output, args.budget, args.job_args)
     display = " ".join(shlex.quote(c) for c in [Path(command[0]).name, *command[1:]])
     submit(command)
     log(f"submitted: {display}")
     submission_id = command[command.index("--submission-id") + 1]
-    wait_until_done_markers(dashboard, submission_id, output, args.kill_after, args.timeout)
+    kill_rows = max(1, int(args.kill_fraction * args.images))
+    wait_for_kill_point(dashboard, submission_id, output, args.kill_after, kill_rows, args.timeout)
 
     tree = process_tree(worker.pid)
     done_at_kill = done_markers(output)
     on_disk = rows_by_node(output, names)
+    written = rows_written(output)
     killed_at = time.time()
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait(timeout=10)
@@ -471,6 +500,7 @@ def run_with_kill(
     kill = {
         "shards_done_at_kill": done_at_kill,
         "rows_on_disk_at_kill": on_disk,
+        "kill_mid_job": written < args.images,  # False: every row was written already, the kill came late
         "worker_processes_killed": len(tree),
         "worker_processes_left_after_2s": sorted(survivors.values()),
         "job_running_s_at_kill": round(killed_at - job_info(dashboard, submission_id)["start_time"] / 1000, 1),
@@ -479,6 +509,12 @@ def run_with_kill(
     attempts = []
     status = wait_for_job(dashboard, submission_id, output, args.timeout, args.stall, watch)
     kill["job_end_after_kill_s"] = round(time.time() - killed_at, 1)
+    kill["actors_on_killed_node"] = actors_on_node(dashboard, worker_id)
+    leftovers = alive(tree)
+    kill["worker_processes_left_at_try_end"] = sorted(leftovers.values())
+    for pid in leftovers:  # our own descendants: leave no orphans behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     attempts.append({**attempt_record(dashboard, submission_id, status, work, names), "summary": None})
     if status == "SUCCEEDED":
         attempts[-1]["summary"] = summary_figures(output, names)

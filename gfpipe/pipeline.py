@@ -231,7 +231,7 @@ def _classify_shards(
 
 
 def _batches_per_call(config: ClassifyConfig, shape: PoolShape) -> int:
-    return config.batches_per_call or (32 if shape.device == "cuda" else 2)
+    return config.batches_per_call or (32 if shape.device == "cuda" else 4)
 
 
 def _batch_size(config: ClassifyConfig, shape: PoolShape) -> int:
