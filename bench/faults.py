@@ -19,7 +19,7 @@ of the cluster. Measured:
   - the summary's total_macs against the sum of the rows' macs; rows per node (head / killed worker);
   - Ray's retries (summary retried_calls), the pool the job chose, where its driver ran.
 
-    PYTHONPATH=. .venv/bin/python bench/faults.py                    # ~10 minutes on 2 cores
+    PYTHONPATH=. .venv/bin/python bench/faults.py                    # ~5 minutes on 2 cores
     PYTHONPATH=. .venv/bin/python bench/faults.py --images 2000 --shard-size 250
     PYTHONPATH=. .venv/bin/python bench/faults.py --job-args "--replicas 2 --cpus-per-replica 0.5"
 
@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -204,14 +203,23 @@ def http_json(url: str, data: bytes | None = None, timeout: float = 10.0) -> dic
         return json.loads(response.read())
 
 
-def actors_on_node(dashboard: str, node_id: str) -> list[str]:
-    """'Class: STATE' for every actor the state API places on `node_id` (what a lost node took with it)."""
+def actors_after_loss(dashboard: str, node_id: str) -> dict[str, list[str]]:
+    """Actors still placed on the lost node ('Class: STATE': they did not move) and, under
+    'restarted', every actor Ray tried to restart (num_restarts > 0), with its state and node now:
+    one that came back elsewhere keeps its id and shows its new node."""
     try:
-        answer = http_json(f"{dashboard}/api/v0/actors?limit=1000&detail=false&timeout=10")
+        answer = http_json(f"{dashboard}/api/v0/actors?limit=1000&detail=true&timeout=10", timeout=30)
     except (OSError, ValueError):
-        return []
+        return {}
     actors = answer["data"]["result"]["result"]
-    return sorted(f"{a['class_name']}: {a['state']}" for a in actors if a.get("node_id") == node_id)
+    return {
+        "on_killed_node": sorted(f"{a['class_name']}: {a['state']}" for a in actors if a.get("node_id") == node_id),
+        "restarted": sorted(
+            f"{a['class_name']}: {a['state']} on {'the killed node' if a.get('node_id') == node_id else 'another node'}"
+            for a in actors
+            if int(a.get("num_restarts") or 0) > 0
+        ),
+    }
 
 
 def list_nodes(dashboard: str) -> list[dict]:
@@ -401,6 +409,7 @@ def attempt_record(dashboard: str, submission_id: str, status: str, work: Path, 
 
 
 def parse_args() -> argparse.Namespace:
+    """The sizes, the kill point, the job's extra arguments and the limits."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--images", type=int, default=6000, help="images in the archive")
     parser.add_argument("--shard-size", type=int, default=500, help="images per shard")
@@ -420,6 +429,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> int:
+    """Archive, cluster, job with a node killed, checks; stops both nodes whatever happens. Exit 0
+    when the job finished (on any try) with every image exactly once."""
     args = parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="gfpipe-faults-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -509,7 +520,7 @@ def run_with_kill(
     attempts = []
     status = wait_for_job(dashboard, submission_id, output, args.timeout, args.stall, watch)
     kill["job_end_after_kill_s"] = round(time.time() - killed_at, 1)
-    kill["actors_on_killed_node"] = actors_on_node(dashboard, worker_id)
+    kill["actors_after_loss"] = actors_after_loss(dashboard, worker_id)
     leftovers = alive(tree)
     kill["worker_processes_left_at_try_end"] = sorted(leftovers.values())
     for pid in leftovers:  # our own descendants: leave no orphans behind

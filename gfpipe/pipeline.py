@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -60,14 +60,20 @@ class PoolShape:
     read_cpus: float
 
 
-def pool_shape(config: ClassifyConfig, cluster: Mapping[str, float]) -> PoolShape:
-    """One replica per GPU where GPUs exist; on CPU, about half the CPUs for the model (at least
-    one CPU always left for reading), so the pool can never wait forever for CPUs that the read
-    tasks hold (RAY_NOTES.md: an over-asked 2-CPU cluster deadlocks)."""
+def pool_shape(config: ClassifyConfig, cluster: Mapping[str, float], node_cpus: Sequence[float] = ()) -> PoolShape:
+    """How many model replicas, with what, and what each read task gets.
+
+    GPUs: one replica per GPU. CPUs: about half of the cluster's CPUs for the model (at least one
+    CPU always left for reading, RAY_NOTES.md: an over-asked 2-CPU cluster deadlocks), in
+    replicas of at most 2 CPUs that, with one read task beside them, fit on the smallest node
+    (`node_cpus`): so a replica can be placed somewhere, and placed again on the nodes left after
+    one is lost, instead of waiting forever for a node as large as the one that died.
+    """
     cpus = float(cluster.get("CPU", 0.0))
     gpus = int(cluster.get("GPU", 0.0))
     if cpus <= 0:
         raise ValueError("the Ray cluster reports no CPUs; the read stage needs at least one")
+    smallest = min((c for c in node_cpus if c > 0), default=cpus)
     device = config.device if config.device != "auto" else ("cuda" if gpus else "cpu")
     if device == "cuda":
         if gpus < 1:
@@ -78,15 +84,21 @@ def pool_shape(config: ClassifyConfig, cluster: Mapping[str, float]) -> PoolShap
         per = config.cpus_per_replica or min(1.0, max(cpus - 1.0, 0.5) / replicas)
         return PoolShape(replicas, "cuda", per, 1.0, 1, max(min(1.0, cpus - per * replicas), 0.25))
     model_cpus = max(min(cpus - 1.0, cpus / 2), cpus / 2 if cpus < 2 else 1.0)
-    replicas = config.replicas or max(1, round(model_cpus / 2))
-    per = config.cpus_per_replica or math.floor(model_cpus / replicas * 100) / 100
+    per = config.cpus_per_replica or math.floor(min(2.0, max(smallest / 2, 0.25), model_cpus) * 100) / 100
+    replicas = config.replicas or max(1, math.floor(model_cpus / per + 1e-9))
     if per * replicas > cpus - 0.25:
         raise ValueError(
             f"{replicas} replicas x {per:g} CPUs leave no CPU for reading on a cluster of {cpus:g} CPUs; "
             "lower --replicas or --cpus-per-replica, or leave them unset (sized from the cluster)"
         )
-    read_cpus = max(min(1.0, cpus - per * replicas), 0.25)
+    read_cpus = max(min(1.0, cpus - per * replicas, smallest - per), 0.25)
     return PoolShape(replicas, "cpu", per, 0.0, max(1, round(per)), read_cpus)
+
+
+def _node_cpus() -> list[float]:
+    import ray
+
+    return [float(n["Resources"].get("CPU", 0.0)) for n in ray.nodes() if n.get("Alive")]
 
 
 def _init_ray(address: str | None) -> None:
@@ -177,7 +189,7 @@ def _classify_shards(
     import ray
 
     _init_ray(config.address)
-    shape = pool_shape(config, ray.cluster_resources())
+    shape = pool_shape(config, ray.cluster_resources(), _node_cpus())
     target = target or _resolve_target(config, plan, macs, shape)
     ledger = _start_ledger(config, model, plan, macs, shape, target, run_id)
     if config.overwrite:
@@ -207,7 +219,9 @@ def _classify_shards(
                     _maybe_kill_driver(fault, len(tracker.done))
         tracker.finish_empty()
         status = ray.get(ledger.status.remote())
-    except KeyboardInterrupt:
+    except BaseException:
+        # The stall interrupt can surface as KeyboardInterrupt or as whatever Ray Data raises
+        # when interrupted mid-wait; either way the stall is the reason.
         if monitor.stalled:
             raise RuntimeError(monitor.stalled) from None
         raise
@@ -421,7 +435,11 @@ def _start_ledger(
     scores, source = _calibration(config, model, plan, shape)
     target["calibration_source"] = source
     log.info("budget: %s; thresholds from %s", target["message"], source)
-    ledger_class = ray.remote(BudgetLedger).options(name=_ledger_name(run_id), num_cpus=0)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # On the driver's node: the ledger lives as long as the driver, whichever other node is lost.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    ledger_class = ray.remote(BudgetLedger).options(name=_ledger_name(run_id), num_cpus=0, scheduling_strategy=here)
     return ledger_class.remote(
         target["costs"],
         target["target"],
@@ -520,8 +538,6 @@ class _Monitor:
         self._thread.start()
 
     def _run(self) -> None:
-        import _thread
-
         import ray
 
         tick = min(self.interval, 5.0)
@@ -530,17 +546,19 @@ class _Monitor:
         while not self._stop.wait(tick):
             try:
                 status = ray.get(self.ledger.status.remote(), timeout=5)
-            except Exception:  # noqa: BLE001 - monitoring is best effort
-                continue
+            except Exception:  # noqa: BLE001 - an unreachable ledger is no progress
+                status = None
             now = time.monotonic()
-            if status["images"] != last_images:
+            if status is not None and status["images"] != last_images:
                 last_images, last_change = status["images"], now
             elif self.stall_seconds and now - last_change >= self.stall_seconds:
                 self.stalled = self._stall_message(now - last_change, ray.cluster_resources())
                 log.error("%s", self.stalled)
-                _thread.interrupt_main()
+                # A signal, not _thread.interrupt_main(): the driver's main thread waits inside Ray
+                # Data on a lock, which a signal interrupts at once and a pending interrupt does not.
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                 return
-            if now - last_line >= self.interval:
+            if status is not None and now - last_line >= self.interval:
                 last_line = now
                 self._line(status)
 

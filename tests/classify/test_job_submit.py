@@ -54,7 +54,11 @@ def ray_head(tmp_path_factory) -> Iterator[str]:
     try:
         deadline = time.time() + 90
         while time.time() < deadline:
-            probe = subprocess.run([RAY, "job", "list", "--address", address], env=env, capture_output=True)
+            # A trivial job, not `ray job list`: the list answers before the job agent can take jobs
+            # ("No available agent to submit job").
+            probe = subprocess.run(
+                [RAY, "job", "submit", "--address", address, "--", "true"], env=env, capture_output=True, timeout=120
+            )
             if probe.returncode == 0:
                 break
             assert head.poll() is None, log.read_text()[-3000:]

@@ -207,3 +207,37 @@ def test_a_refused_budget_removes_nothing_even_with_overwrite(tmp_path):
     with pytest.raises(ValueError, match="below the glance-only cost"):
         classify(config)
     assert layout.part_ranges(shard_id(shard)) == [(0, 3)]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "gpus", "expected"),
+    [
+        ([2.0], 0, (1, "cpu", 1.0, 1.0)),  # this machine: one replica, one CPU left for reading
+        ([16.0], 0, (4, "cpu", 2.0, 1.0)),
+        ([1.0, 2.0], 0, (3, "cpu", 0.5, 0.5)),  # each replica plus a read task fits the 1-CPU node
+        ([1.0, 1.0, 1.0, 1.0], 0, (4, "cpu", 0.5, 0.5)),
+        ([8.0, 8.0], 2, (2, "cuda", 1.0, 1.0)),
+    ],
+)
+def test_the_pool_fits_the_smallest_node_and_always_leaves_reading_a_cpu(nodes, gpus, expected):
+    from gfpipe.budget.grammar import parse_budget
+    from gfpipe.classify.config import ClassifyConfig
+    from gfpipe.pipeline import pool_shape
+
+    config = ClassifyConfig(input="in", output="out", budget=parse_budget("9M"))
+    cluster = {"CPU": sum(nodes), "GPU": gpus}
+    shape = pool_shape(config, cluster, nodes)
+    assert (shape.replicas, shape.device, shape.cpus_per_replica, shape.read_cpus) == expected
+    assert shape.cpus_per_replica * shape.replicas + shape.read_cpus <= sum(nodes)
+    if shape.device == "cpu":
+        assert shape.cpus_per_replica + shape.read_cpus <= min(nodes)  # re-placeable after a loss
+
+
+def test_a_pool_that_leaves_reading_no_cpu_is_refused():
+    from gfpipe.budget.grammar import parse_budget
+    from gfpipe.classify.config import ClassifyConfig
+    from gfpipe.pipeline import pool_shape
+
+    config = ClassifyConfig(input="in", output="out", budget=parse_budget("9M"), replicas=2, cpus_per_replica=1.0)
+    with pytest.raises(ValueError, match="leave no CPU for reading"):
+        pool_shape(config, {"CPU": 2.0}, [2.0])

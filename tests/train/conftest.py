@@ -21,7 +21,7 @@ def ray_local() -> Iterator[str]:
 
     saved = {k: os.environ.get(k) for k in FAST_POLL}
     os.environ.update(FAST_POLL)
-    ray.init(num_cpus=2, logging_level=logging.WARNING)
+    ray.init(address="local", num_cpus=2, logging_level=logging.WARNING)  # never a `ray start` cluster
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
