@@ -57,17 +57,19 @@ class PoolShape:
     cpus_per_replica: float
     gpus_per_replica: float
     threads: int
-    read_cpus: float
+    read_tasks: int  # read tasks at a time; they reserve no CPU (see pool_shape)
 
 
 def pool_shape(config: ClassifyConfig, cluster: Mapping[str, float], node_cpus: Sequence[float] = ()) -> PoolShape:
     """How many model replicas, with what, and what each read task gets.
 
-    GPUs: one replica per GPU. CPUs: about half of the cluster's CPUs for the model (at least one
-    CPU always left for reading, RAY_NOTES.md: an over-asked 2-CPU cluster deadlocks), in
-    replicas of at most 2 CPUs that, with one read task beside them, fit on the smallest node
-    (`node_cpus`): so a replica can be placed somewhere, and placed again on the nodes left after
-    one is lost, instead of waiting forever for a node as large as the one that died.
+    GPUs: one replica per GPU. CPUs: about half of the cluster's CPUs for the model, in replicas
+    of at most 2 CPUs and at most half the smallest node (`node_cpus`), so a replica can be placed
+    again on the nodes left after one is lost instead of waiting forever for one as large.
+    Read tasks reserve no CPU and run at most `read_tasks` at a time (the CPUs the replicas leave,
+    at least one): actors hold their CPUs for the whole job, and a read task that needed a CPU
+    reservation could wait forever behind them (RAY_NOTES.md: an over-asked 2-CPU cluster
+    deadlocks; after a lost node, the restarted replicas may fill the nodes left).
     """
     cpus = float(cluster.get("CPU", 0.0))
     gpus = int(cluster.get("GPU", 0.0))
@@ -82,7 +84,7 @@ def pool_shape(config: ClassifyConfig, cluster: Mapping[str, float], node_cpus: 
         if replicas > gpus:
             raise ValueError(f"{replicas} GPU replicas need {replicas} GPUs, the cluster has {gpus}")
         per = config.cpus_per_replica or min(1.0, max(cpus - 1.0, 0.5) / replicas)
-        return PoolShape(replicas, "cuda", per, 1.0, 1, max(min(1.0, cpus - per * replicas), 0.25))
+        return PoolShape(replicas, "cuda", per, 1.0, 1, max(1, math.floor(cpus - per * replicas)))
     model_cpus = max(min(cpus - 1.0, cpus / 2), cpus / 2 if cpus < 2 else 1.0)
     per = config.cpus_per_replica or math.floor(min(2.0, max(smallest / 2, 0.25), model_cpus) * 100) / 100
     replicas = config.replicas or max(1, math.floor(model_cpus / per + 1e-9))
@@ -91,8 +93,7 @@ def pool_shape(config: ClassifyConfig, cluster: Mapping[str, float], node_cpus: 
             f"{replicas} replicas x {per:g} CPUs leave no CPU for reading on a cluster of {cpus:g} CPUs; "
             "lower --replicas or --cpus-per-replica, or leave them unset (sized from the cluster)"
         )
-    read_cpus = max(min(1.0, cpus - per * replicas, smallest - per), 0.25)
-    return PoolShape(replicas, "cpu", per, 0.0, max(1, round(per)), read_cpus)
+    return PoolShape(replicas, "cpu", per, 0.0, max(1, round(per)), max(1, math.floor(cpus - per * replicas)))
 
 
 def _node_cpus() -> list[float]:
@@ -472,7 +473,8 @@ def _dataset(
     ds = ds.map_batches(
         read_shards,
         batch_size=1,
-        num_cpus=shape.read_cpus,
+        num_cpus=0,
+        concurrency=shape.read_tasks,
         # A memory reservation bounds the decode tasks per node; it also gives this stage resources
         # of its own, so Ray Data does not fuse it into the model actors (whose model would then
         # wait on decoding).
@@ -569,7 +571,7 @@ class _Monitor:
         return (
             f"no image finished for {format_duration(seconds)}: the job is stuck. The cluster now has "
             f"{cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs; each model replica needs {need} "
-            f"and each read task {self.shape.read_cpus:g} CPU (a lost node?). Re-run the same command to resume "
+            "(a lost node?). Re-run the same command to resume "
             "(done shards are kept); --stall-timeout changes this limit"
         )
 
