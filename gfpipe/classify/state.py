@@ -79,10 +79,17 @@ class ShardTracker:
         self.done: dict[str, dict] = {}
 
     def add(self, row: Mapping[str, Any]) -> str | None:
-        """One part's summary row from an actor; returns the shard id if that made the shard done."""
+        """One part's summary row from an actor; returns the shard id if that made the shard done.
+
+        A part can be written again after its shard is done: when a node is lost, Ray re-runs
+        actor calls whose outputs were on it, and the retry (with the thresholds of that moment)
+        overwrites the part with rows that exited elsewhere. The marker is then written again, so
+        it always describes the parts on disk.
+        """
         sid = str(row["sid"])
-        if sid not in self.work or sid in self.done:
+        if sid not in self.work:
             return None
+        was_done = sid in self.done
         self.parts[sid][(int(row["first"]), int(row["last"]))] = {
             "macs": float(row["macs"]),
             "exits": np.asarray(row["exits"], np.int64),
@@ -91,7 +98,9 @@ class ShardTracker:
             "node": str(row["node"]),
             "rows": int(row["last"]) - int(row["first"]) + 1,
         }
-        return sid if self._complete(sid) else None
+        if was_done:
+            log.info("%s: a part was written again after the shard was done; its marker is updated", sid)
+        return sid if self._complete(sid) and not was_done else None
 
     def _complete(self, sid: str) -> bool:
         records = self._records(sid)

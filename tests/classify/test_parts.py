@@ -148,6 +148,11 @@ def test_plan_skips_done_shards_redoes_changed_ones_and_cleans_unfinished_ones(t
     assert tracker.unfinished() == [f"{shards[2].uri} (1 of 2 records)"]
     marker = json.loads(Path(layout.done_uri(plan.todo[0][1])).read_text())
     assert marker["records"] == 2 and marker["exits"] == [2, 0, 0] and marker["macs"] == 2.0
+    # A retried call rewrites a part of a done shard (other exits): the marker follows the part.
+    rewritten = {**_summary(plan.todo[0][1], 1, 1), "macs": 3.0, "exits": [0, 0, 1]}
+    assert tracker.add(rewritten) is None  # not newly done
+    marker = json.loads(Path(layout.done_uri(plan.todo[0][1])).read_text())
+    assert marker["exits"] == [1, 0, 1] and marker["macs"] == 4.0
 
     # b changes after it was done (new size); c never finished.
     os.utime(shards[1].uri, (1, 1))
