@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gfpipe.commands.common import add_budget_arguments, add_storage_arguments, console, int_at_least
+from gfpipe.commands.common import (
+    add_budget_arguments,
+    add_official_checkpoint_arguments,
+    add_storage_arguments,
+    checkpoint_overrides,
+    console,
+    int_at_least,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,14 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "waiting forever for resources; re-running resumes); 0 waits forever",
     )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
-    parser.add_argument("--arch", help="official checkpoints without metadata: backbone name")
-    parser.add_argument("--patch-size", type=int_at_least(1), help="official checkpoints without metadata: patch side")
-    parser.add_argument("--T", type=int_at_least(1), help="official checkpoints without metadata: number of steps")
-    parser.add_argument(
-        "--class-names",
-        metavar="FILE",
-        help="the model's class names, one per line (official checkpoints label classes 0..K-1)",
-    )
+    add_official_checkpoint_arguments(parser)
     add_storage_arguments(parser)
 
 
@@ -88,16 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from gfpipe.pipeline import classify
 
     options = storage_options_from_args(args, args.input, args.output, args.checkpoint)
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in (
-            ("arch", args.arch),
-            ("patch_size", args.patch_size),
-            ("T", args.T),
-            ("class_names", args.class_names),
-        )
-        if v is not None
-    }
+    overrides = checkpoint_overrides(args)
     if args.cpus_per_replica is not None and args.cpus_per_replica <= 0:
         raise ValueError(f"--cpus-per-replica must be > 0, got {args.cpus_per_replica:g}")
     config = ClassifyConfig(

@@ -92,6 +92,28 @@ def add_budget_arguments(parser: argparse.ArgumentParser, required: bool = False
     )
 
 
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def add_official_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """What an official GFNet-Pytorch file without metadata needs: --arch, --patch-size, --T,
+    and --class-names (official files label their classes 0..K-1)."""
+    parser.add_argument(
+        "--class-names",
+        metavar="FILE",
+        help="the model's class names, one per line (official checkpoints label classes 0..K-1)",
+    )
+    parser.add_argument("--arch", help="official checkpoints without metadata: backbone name")
+    parser.add_argument("--patch-size", type=int_at_least(1), help="official checkpoints without metadata: patch side")
+    parser.add_argument("--T", type=int_at_least(1), help="official checkpoints without metadata: number of steps")
+
+
+def checkpoint_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The `load_checkpoint` keyword arguments those flags give (only the ones set)."""
+    given = {"arch": args.arch, "patch_size": args.patch_size, "T": args.T, "class_names": args.class_names}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 # ----------------------------------------------------------------------------- storage
 
 

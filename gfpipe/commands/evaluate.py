@@ -8,7 +8,9 @@ from typing import Any
 from gfpipe.commands.common import (
     add_budget_arguments,
     add_device_argument,
+    add_official_checkpoint_arguments,
     add_storage_arguments,
+    checkpoint_overrides,
     console,
     int_at_least,
 )
@@ -42,15 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="image folders: the first sub-folder under --data names each image's class",
     )
-    parser.add_argument(
-        "--class-names",
-        metavar="FILE",
-        help="the model's class names, one per line (official checkpoints label classes 0..K-1)",
-    )
+    add_official_checkpoint_arguments(parser)
     add_storage_arguments(parser)
-    parser.add_argument("--arch", help="official checkpoints without metadata: backbone name")
-    parser.add_argument("--patch-size", type=int_at_least(1), help="official checkpoints without metadata: patch side")
-    parser.add_argument("--T", type=int_at_least(1), help="official checkpoints without metadata: number of steps")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,16 +63,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     options = storage_options_from_args(args, args.data, args.out, args.checkpoint, args.calibration)
     ensure_writable(args.out, options)
-    overrides = {
-        k: v
-        for k, v in (
-            ("arch", args.arch),
-            ("patch_size", args.patch_size),
-            ("T", args.T),
-            ("class_names", args.class_names),
-        )
-        if v is not None
-    }
+    overrides = checkpoint_overrides(args)
     model = load_checkpoint(args.checkpoint, device=device, storage_options=options, **overrides)
     label_map = LabelMap.build(
         model.class_names, None if args.class_folders else dataset_class_names(args.data, options)
