@@ -264,14 +264,18 @@ def _maybe_kill_driver(fault: str, shards_done: int) -> None:
 
 
 def _write_report(layout: OutputLayout, summary: dict, markers: dict, model: Any, config: ClassifyConfig) -> None:
+    """report.html; a failure here is logged, never a failed job: the rows and summary are written."""
     from gfpipe.report import write_report
 
     try:
         samples = report_samples(layout, markers, config.report_samples, model, config.read_options)
-    except Exception as exc:  # noqa: BLE001 - the report's pictures must not fail a finished job
+    except Exception as exc:  # noqa: BLE001
         log.warning("report: could not re-read sample images (%s); the report has no glimpse figure", exc)
         samples = []
-    write_report(layout.root, summary, samples, layout.options)
+    try:
+        write_report(layout.root, summary, samples, layout.options)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("report: could not write %s (%s); the rows and summary.json are complete", layout.report_uri, exc)
 
 
 # ---------------------------------------------------------------------------------------------
