@@ -120,6 +120,7 @@ def classify(config: ClassifyConfig) -> dict[str, Any]:
     """Run the whole job (see the module doc); returns the summary also written to summary.json."""
     started = time.time()
     options = config.storage_options
+    _check_output_outside_input(config.input, config.output, options)
     ensure_writable(config.output, options)
     model = load_checkpoint(config.checkpoint, storage_options=options, **config.checkpoint_overrides)
     shards = discover_shards(config.input, options, config.read_options)
@@ -168,6 +169,21 @@ def classify(config: ClassifyConfig) -> dict[str, Any]:
     write_json(layout.summary_uri, summary, options)
     _write_report(layout, summary, markers, model, config)
     return summary
+
+
+def _check_output_outside_input(input_uri: str, output: str, options: Mapping[str, Any] | None) -> None:
+    """An output inside the input would be read back as input by the next run (Parquet parts are
+    shards too): refuse it before anything is written."""
+    from gfpipe.data.io import filesystem
+
+    in_fs, in_path = filesystem(input_uri, options)
+    out_fs, out_path = filesystem(output, options)
+    base = in_path.rstrip("/").split("*", 1)[0].split("{", 1)[0].rstrip("/")
+    if type(in_fs) is type(out_fs) and base and (out_path.rstrip("/") + "/").startswith(base + "/"):
+        raise ValueError(
+            f"--output {output} lies inside --input {input_uri}: the next run would read its Parquet "
+            "parts as images; choose an output folder outside the input"
+        )
 
 
 def _ray_version() -> str:

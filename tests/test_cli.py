@@ -105,6 +105,7 @@ BAD_INVOCATIONS = [
     (CLASSIFY + ["--budget", "9M", "--calibrate", "0"], "--calibrate: must be >= 1, got 0"),
     (CLASSIFY + ["--budget", "9M", "--device", "tpu"], "'tpu'"),
     (["classify", "--input", "nowhere/val", "--output", "tags", "--budget", "9M"], "nowhere/val"),
+    (["classify", "--input", "glyphs", "--output", "glyphs/tags", "--budget", "9M"], "lies inside --input glyphs"),
     (["classify", "--input", "glyphs/val", "--output", "a-file/tags", "--budget", "9M"], "a-file"),
     (
         ["classify", "--input", "glyphs/val", "--output", "tags", "--budget", "9M", "--checkpoint", "missing.pt"],
