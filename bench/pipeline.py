@@ -22,7 +22,7 @@ With `--device cuda` (no Ray there): only the engine part, in bf16 autocast + ch
 the demo model and a ResNet-50 GFNet (random weights, p = 96, T = 5), with images/s and the GPU's
 busy share (NVML utilisation sampled every 50 ms, when nvidia-ml-py is installed).
 
-    PYTHONPATH=. .venv/bin/python bench/pipeline.py [--images 16000 --rounds 3]
+    PYTHONPATH=. .venv/bin/python bench/pipeline.py [--images 16000 --rounds 3 --batches-per-call 4]
     PYTHONPATH=. python bench/pipeline.py --device cuda          # on a GPU machine
 """
 
@@ -283,7 +283,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batches-per-call", type=int, default=2)
+    parser.add_argument("--batches-per-call", type=int, default=4, help="for the rounds (the job's CPU default: 4)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--calls", default="2,8,32", help="GPU: model batches per call to measure")
     parser.add_argument("--models", default="demo,resnet50", help="GPU: which models")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from gfpipe.budget.scores import exit_scores
-from gfpipe.classify.reading import decode_for_model
+from gfpipe.data.decode import decode_uint8
 from gfpipe.data.shards import ReadOptions, Shard, iter_shard_records
 from gfpipe.model.gfnet import GFNet
 
@@ -32,7 +32,7 @@ def sample_images(
         taken = 0
         for record in iter_shard_records(shard, storage_options, read_options):
             if record.error is None:
-                image, _, _ = decode_for_model(record.data, prep)
+                image, _, _ = decode_uint8(record.data, prep)
                 if image is not None:
                     images.append(image)
                     taken += 1

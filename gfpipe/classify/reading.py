@@ -21,25 +21,13 @@ import numpy as np
 
 from gfpipe.classify.layout import OutputLayout
 from gfpipe.config import Preprocessing
-from gfpipe.data.decode import centre_crop, decode_pil, resize_shorter
+from gfpipe.data.decode import decode_uint8
 from gfpipe.data.io import dumps_json, write_bytes
 from gfpipe.data.shards import ReadOptions, Shard, iter_shard_records
 
 log = logging.getLogger(__name__)
 
 ROWS_PER_BLOCK = 32  # images per yielded batch: small blocks keep the actors fed early
-
-
-def decode_for_model(data: bytes | None, prep: Preprocessing) -> tuple[np.ndarray | None, str | None, tuple | None]:
-    """Bytes -> (uint8 (3, crop, crop) after resize + centre crop, error, original (w, h)); never raises."""
-    pil, error, size = decode_pil(data, draft_size=prep.resize)
-    if pil is None:
-        return None, error, size
-    try:
-        square = centre_crop(resize_shorter(pil, prep.resize, prep.interpolation), prep.crop)
-        return np.ascontiguousarray(np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)), None, size
-    except Exception as exc:  # noqa: BLE001 - one bad image is one error row
-        return None, f"preprocessing failed: {type(exc).__name__}: {exc}"[:300], size
 
 
 def read_shards(
@@ -61,7 +49,7 @@ def read_shards(
             count = ordinal + 1
             image, error, size = None, record.error, None
             if error is None:
-                image, error, size = decode_for_model(record.data, preprocessing)
+                image, error, size = decode_uint8(record.data, preprocessing)
             rows.append(
                 {
                     "key": record.key,

@@ -17,8 +17,8 @@ import numpy as np
 from gfpipe.budget.grammar import format_amount
 from gfpipe.classify.layout import OutputLayout
 from gfpipe.classify.parts import read_rows
-from gfpipe.classify.reading import decode_for_model
 from gfpipe.config import to_dict
+from gfpipe.data.decode import decode_uint8
 from gfpipe.data.shards import ReadOptions, Shard, iter_shard_records
 
 
@@ -148,7 +148,7 @@ def report_samples(
         row = chosen.get(record.key)
         if row is None or record.error is not None:
             continue
-        image, _, _ = decode_for_model(record.data, prep)
+        image, _, _ = decode_uint8(record.data, prep)
         if image is not None:
             samples.append(
                 {

@@ -202,6 +202,20 @@ def decode_preprocess(
         return None, _reason(exc), size
 
 
+def decode_uint8(data: bytes | None, prep: Preprocessing) -> tuple[np.ndarray | None, str | None, tuple | None]:
+    """Bytes -> (uint8 (3, crop, crop): resize + centre crop, not yet normalised; error; original
+    (width, height)); never raises. Images travel this way (a quarter of float32) and are
+    normalised on the model's device: training's evaluation data and the classify job."""
+    pil, error, size = decode_pil(data, draft_size=prep.resize)
+    if pil is None:
+        return None, error, size
+    try:
+        square = centre_crop(resize_shorter(pil, prep.resize, prep.interpolation), prep.crop)
+        return np.ascontiguousarray(np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)), None, size
+    except Exception as exc:  # noqa: BLE001 - one bad image is one error
+        return None, _reason(exc), size
+
+
 def preprocess_batch(images: Sequence[np.ndarray | Image.Image], prep: Preprocessing) -> torch.Tensor:
     """Preprocess and stack images into one (N, 3, crop, crop) float32 tensor."""
     import torch

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor
 
 from gfpipe.config import Preprocessing
-from gfpipe.data.decode import centre_crop, decode_pil, resize_shorter
+from gfpipe.data.decode import centre_crop, decode_pil, decode_uint8, resize_shorter
 
 
 def decode_for_training(data: bytes | None, prep: Preprocessing) -> tuple[np.ndarray | None, str | None]:
@@ -41,10 +41,8 @@ def decode_for_training(data: bytes | None, prep: Preprocessing) -> tuple[np.nda
 
 def decode_for_eval(data: bytes | None, prep: Preprocessing) -> tuple[np.ndarray | None, str | None]:
     """Bytes -> uint8 (3, S, S), S = prep.crop: the inference preprocessing before normalisation."""
-    pil, error, _ = decode_pil(data, draft_size=prep.resize)
-    if pil is None:
-        return None, error
-    return _chw(centre_crop(resize_shorter(pil, prep.resize, prep.interpolation), prep.crop)), None
+    image, error, _ = decode_uint8(data, prep)
+    return image, error
 
 
 def _chw(pil: Image.Image) -> np.ndarray:
