@@ -487,7 +487,7 @@ def _dataset(
 
     ledger = ray.get_actor(_ledger_name(run_id))
     share, seed = ray.get(ledger.shadow.remote())
-    items = [{"uri": s.uri, "format": s.format, "sid": sid} for s, sid, _ in plan.todo]
+    items = [{"uri": s.uri, "format": s.format, "sid": sid} for s, sid, _ in plan.read_order()]
     ledger_name = _ledger_name(run_id)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(

@@ -34,6 +34,12 @@ class ShardPlan:
     done: dict[str, dict] = field(default_factory=dict)  # sid -> marker (skipped this run)
     changed: list[str] = field(default_factory=list)  # sids redone because their content changed
 
+    def read_order(self) -> list[tuple[Shard, str, Fingerprint]]:
+        """`todo`, largest shards first (sizes from the listing; ties keep the listing order): a
+        large shard read last leaves the cluster idle while one task decodes it; read first, it
+        overlaps with all the others."""
+        return sorted(self.todo, key=lambda item: -(item[2].size or 0))
+
 
 def plan_shards(shards: Sequence[Shard], layout: OutputLayout, fresh: bool = False) -> ShardPlan:
     """Compare the input with the done markers (none when `fresh`: --overwrite). Only reads:

@@ -51,7 +51,13 @@ class DropLedger:
         return {k: v for k, v in out.items() if v["images"]}
 
 
-def dataset(split: Split, config: TrainConfig, options: Mapping[str, Any] | None, ledger: str) -> Any:
+def dataset(
+    split: Split, config: TrainConfig, options: Mapping[str, Any] | None, ledger: str, decode_tasks: int = 1
+) -> Any:
+    """The split as a Ray Data dataset of decoded rows. Decode tasks reserve no CPU and run at most
+    `decode_tasks` at a time (the CPUs the workers leave): a task that needed a whole CPU could
+    wait forever on a cluster whose workers leave only fractions of a CPU on each node (two 2-CPU
+    nodes, a worker of 1.5 CPUs on each), as the classify job's read tasks (RAY_NOTES.md)."""
     import ray.data
 
     items = [{"uri": s.uri, "format": s.format, "label": -1 if s.label is None else int(s.label)} for s in split.shards]
@@ -61,6 +67,8 @@ def dataset(split: Split, config: TrainConfig, options: Mapping[str, Any] | None
     ds = ds.map_batches(
         decode_shards,
         batch_size=1,
+        num_cpus=0,
+        concurrency=max(1, decode_tasks),
         fn_kwargs={
             "split": split.name,
             "storage_options": options,

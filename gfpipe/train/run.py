@@ -184,6 +184,8 @@ def train(
     resources = worker_resources(
         config.scaling.num_workers, config.scaling.use_gpu, config.scaling.cpus_per_worker, ray.cluster_resources()
     )
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    decode_tasks = max(1, math.floor(cpus - resources["CPU"] * config.scaling.num_workers))
     ledger_name = f"gfpipe-drops-{uuid.uuid4().hex[:12]}"
     ledger = ray.remote(num_cpus=0)(DropLedger).options(name=ledger_name).remote()
     storage_path, storage_fs = _ray_storage(config.run.storage, options)
@@ -223,7 +225,10 @@ def train(
                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
                     logging_config=ray.train.LoggingConfig(log_level="WARNING"),
                 ),
-                datasets={name: dataset(split, config, options, ledger_name) for name, split in plan.splits.items()},
+                datasets={
+                    name: dataset(split, config, options, ledger_name, decode_tasks)
+                    for name, split in plan.splits.items()
+                },
                 dataset_config=ingest_config(),
             )
             result = trainer.fit()

@@ -77,6 +77,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             log.info("run %s: already trained and calibrated; nothing to do", plan.name)
         return
+    nodes = _gather(_node_label(), world)  # where each rank runs, recorded with every epoch
     done = tuple(state["done"]) if state.get("done") else None
     if done and rank == 0:
         log.info("resuming after %s epoch %d", done[0], done[1] + 1)
@@ -99,7 +100,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             seconds = time.perf_counter() - started
             val = trainer.evaluate(_torch_batches(ray.train.get_dataset_shard("val"), batch))
             metrics = _epoch_metrics(stage, epoch, epochs, sums, seconds, val, world, device, config.model.T)
-            metrics.update(launch=loop_config["launch"], resumes=resumes)
+            metrics.update(launch=loop_config["launch"], resumes=resumes, nodes=nodes)
             drops = _drops(loop_config["ledger"]) if rank == 0 else {}
             if metrics["train_images"] == 0:
                 raise TrainingDataError(_no_data_message(plan, batch, world, drops))
@@ -114,6 +115,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if fault_at(fault, "kill-driver", stage, epoch):
                 kill_driver(rank, loop_config["driver_pid"])
     _finish(plan, trainer, model, history, resumes, loop_config, rank, world, batch)
+
+
+def _node_label() -> str:
+    """IP/node id (8 characters), as the classify job's `node` column: loopback nodes share an IP."""
+    import ray
+
+    return f"{ray.util.get_node_ip_address()}/{ray.get_runtime_context().get_node_id()[:8]}"
 
 
 def _is_done(item: tuple[str, int], done: tuple[str, int] | None) -> bool:

@@ -246,3 +246,14 @@ def test_a_pool_that_leaves_reading_no_cpu_is_refused():
     config = ClassifyConfig(input="in", output="out", budget=parse_budget("9M"), replicas=2, cpus_per_replica=1.0)
     with pytest.raises(ValueError, match="leave no CPU for reading"):
         pool_shape(config, {"CPU": 2.0}, [2.0])
+
+
+def test_the_read_order_starts_with_the_largest_shards_and_keeps_the_listing_order_of_equals(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sizes = {"a.tar": 10, "b.tar": 300, "c.tar": 10, "d.tar": 20, "e.tar": 300}
+    for name, size in sizes.items():
+        (folder / name).write_bytes(b"x" * size)
+    plan = plan_shards([Shard(str(folder / n), "wds") for n in sizes], OutputLayout(str(tmp_path / "out")))
+    assert [Path(s.uri).name for s, _, _ in plan.read_order()] == ["b.tar", "e.tar", "d.tar", "a.tar", "c.tar"]
+    assert [Path(s.uri).name for s, _, _ in plan.todo] == list(sizes)  # the plan itself keeps the listing
