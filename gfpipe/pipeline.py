@@ -63,7 +63,7 @@ class PoolShape:
 def pool_shape(config: ClassifyConfig, cluster: Mapping[str, float], node_cpus: Sequence[float] = ()) -> PoolShape:
     """How many model replicas, with what, and what each read task gets.
 
-    GPUs: one replica per GPU. CPUs: about half of the cluster's CPUs for the model, in replicas
+    GPUs: `replicas_per_gpu` replicas per GPU (each a 1/n share of one). CPUs: about half of the cluster's CPUs for the model, in replicas
     of at most 2 CPUs and at most half the smallest node (`node_cpus`), so a replica can be placed
     again on the nodes left after one is lost instead of waiting forever for one as large.
     Read tasks reserve no CPU and run at most `read_tasks` at a time (the CPUs the replicas leave,
@@ -80,11 +80,15 @@ def pool_shape(config: ClassifyConfig, cluster: Mapping[str, float], node_cpus: 
     if device == "cuda":
         if gpus < 1:
             raise ValueError("--device cuda, but the Ray cluster has no GPUs; use --device cpu or auto")
-        replicas = config.replicas or gpus
-        if replicas > gpus:
-            raise ValueError(f"{replicas} GPU replicas need {replicas} GPUs, the cluster has {gpus}")
+        share = config.replicas_per_gpu
+        replicas = config.replicas or gpus * share
+        if replicas > gpus * share:
+            raise ValueError(
+                f"{replicas} GPU replicas at {share} per GPU need {math.ceil(replicas / share)} GPUs, "
+                f"the cluster has {gpus}; lower --replicas or raise --replicas-per-gpu"
+            )
         per = config.cpus_per_replica or min(1.0, max(cpus - 1.0, 0.5) / replicas)
-        return PoolShape(replicas, "cuda", per, 1.0, 1, max(1, math.floor(cpus - per * replicas)))
+        return PoolShape(replicas, "cuda", per, 1.0 / share, 1, max(1, math.floor(cpus - per * replicas)))
     model_cpus = max(min(cpus - 1.0, cpus / 2), cpus / 2 if cpus < 2 else 1.0)
     per = config.cpus_per_replica or math.floor(min(2.0, max(smallest / 2, 0.25), model_cpus) * 100) / 100
     replicas = config.replicas or max(1, math.floor(model_cpus / per + 1e-9))

@@ -19,8 +19,10 @@ class ClassifyConfig:
     each actor call holds `batches_per_call` of them (the pool of hard images to requeue across;
     by default 32 on GPUs, where calls of 32 batches ran ResNet-50 3.2x faster than calls of 2,
     and 4 on CPUs, where the job ran 29% faster than with 2 and no faster with 8 or 16).
-    `replicas` None sizes the actor pool from the cluster (one per GPU; on CPU, what leaves a
-    CPU for reading). `device` auto uses GPUs when the cluster has them.
+    `replicas` None sizes the actor pool from the cluster (`replicas_per_gpu` per GPU; on CPU,
+    what leaves a CPU for reading). Two replicas per GPU let one replica's host work (decoding
+    hand-off, exit bookkeeping, writing) overlap the other's kernels: the engine alone kept an
+    H200 busy only 29% of the time (BENCHMARKS.md). `device` auto uses GPUs when the cluster has them.
     """
 
     input: str
@@ -36,6 +38,7 @@ class ClassifyConfig:
     batches_per_call: int | None = None  # None: 32 on GPUs, 4 on CPUs (bench/pipeline.py)
     replicas: int | None = None
     cpus_per_replica: float | None = None
+    replicas_per_gpu: int = 1
     device: str = "auto"
     bf16: bool = True
     channels_last: bool = True
@@ -57,6 +60,8 @@ class ClassifyConfig:
             raise ValueError(f"replicas must be >= 1 when given, got {self.replicas}")
         if self.cpus_per_replica is not None and self.cpus_per_replica <= 0:
             raise ValueError(f"cpus_per_replica must be > 0 when given, got {self.cpus_per_replica}")
+        if self.replicas_per_gpu < 1:
+            raise ValueError(f"replicas_per_gpu must be >= 1, got {self.replicas_per_gpu}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 0 <= self.shadow_share < 0.5:

@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model batches per actor call, the pool of hard images requeued together (default: 32 on GPUs, 4 on CPUs)",
     )
     parser.add_argument("--replicas", type=int_at_least(1), help="model actors (default: one per GPU, or from CPUs)")
+    parser.add_argument(
+        "--replicas-per-gpu",
+        type=int_at_least(1),
+        default=1,
+        help="model actors sharing each GPU, so one's host work overlaps another's kernels (default: 1)",
+    )
     parser.add_argument("--cpus-per-replica", type=float, help="CPUs per model actor (default: from the cluster)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the model runs")
     parser.add_argument("--no-bf16", action="store_true", help="on GPUs: run in fp32 instead of bf16 autocast")
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         batches_per_call=args.batches_per_call,
         replicas=args.replicas,
         cpus_per_replica=args.cpus_per_replica,
+        replicas_per_gpu=args.replicas_per_gpu,
         device=args.device,
         bf16=not args.no_bf16,
         top_k=args.top_k,

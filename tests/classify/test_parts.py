@@ -238,6 +238,32 @@ def test_replicas_fit_the_smallest_node_and_leave_reading_a_cpu(nodes, gpus, exp
         assert shape.cpus_per_replica <= min(nodes) / 2  # re-placeable on any node after a loss
 
 
+@pytest.mark.parametrize(
+    ("per_gpu", "replicas", "expected"),
+    [
+        (1, None, (2, 1.0, 1.0)),
+        (2, None, (4, 0.5, 1.0)),  # two actors share each GPU
+        (3, 5, (5, 1 / 3, 1.0)),
+    ],
+)
+def test_replicas_per_gpu_share_each_gpu(per_gpu, replicas, expected):
+    from gfpipe.budget.grammar import parse_budget
+    from gfpipe.classify.config import ClassifyConfig
+    from gfpipe.pipeline import pool_shape
+
+    config = ClassifyConfig(
+        input="in", output="out", budget=parse_budget("9M"), replicas_per_gpu=per_gpu, replicas=replicas
+    )
+    shape = pool_shape(config, {"CPU": 16.0, "GPU": 2.0}, [8.0, 8.0])
+    assert (shape.replicas, shape.gpus_per_replica, shape.cpus_per_replica) == pytest.approx(expected)
+    assert shape.device == "cuda" and shape.replicas * shape.gpus_per_replica <= 2 + 1e-9
+    too_many = ClassifyConfig(
+        input="in", output="out", budget=parse_budget("9M"), replicas_per_gpu=per_gpu, replicas=2 * per_gpu + 1
+    )
+    with pytest.raises(ValueError, match="need 3 GPUs, the cluster has 2"):
+        pool_shape(too_many, {"CPU": 16.0, "GPU": 2.0}, [8.0, 8.0])
+
+
 def test_a_pool_that_leaves_reading_no_cpu_is_refused():
     from gfpipe.budget.grammar import parse_budget
     from gfpipe.classify.config import ClassifyConfig
