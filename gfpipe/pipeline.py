@@ -63,9 +63,10 @@ class PoolShape:
 def pool_shape(config: ClassifyConfig, cluster: Mapping[str, float], node_cpus: Sequence[float] = ()) -> PoolShape:
     """How many model replicas, with what, and what each read task gets.
 
-    GPUs: `replicas_per_gpu` replicas per GPU (each a 1/n share of one). CPUs: about half of the cluster's CPUs for the model, in replicas
-    of at most 2 CPUs and at most half the smallest node (`node_cpus`), so a replica can be placed
-    again on the nodes left after one is lost instead of waiting forever for one as large.
+    GPUs: `replicas_per_gpu` replicas per GPU (each a 1/n share of one). CPUs: about half of the
+    cluster's CPUs for the model, in replicas of at most 2 CPUs and at most half the smallest node
+    (`node_cpus`), so a replica can be placed again on the nodes left after one is lost instead
+    of waiting forever for one as large.
     Read tasks reserve no CPU and run at most `read_tasks` at a time (the CPUs the replicas leave,
     at least one): actors hold their CPUs for the whole job, and a read task that needed a CPU
     reservation could wait forever behind them (RAY_NOTES.md: an over-asked 2-CPU cluster
@@ -160,6 +161,7 @@ def classify(config: ClassifyConfig) -> dict[str, Any]:
             "skipped_done": len(plan.done),
             "redone_changed": len(plan.changed),
             "redone_changed_uris": [s.uri for s, sid, _ in plan.todo if sid in plan.changed],
+            "split_for_reading": run.get("split", {}),
         },
         status=run["status"],
         target=run["target"],
@@ -228,7 +230,11 @@ def _classify_shards(
         shape,
     )
     try:
-        for batch in _dataset(config, plan, shape, run_id, fault, model.card.preprocessing).iter_batches(
+        items = plan.read_items(shape.read_tasks)
+        split = {item["uri"]: item["pieces"] for item in items if item["pieces"] > 1}
+        if split:
+            log.info("%d large shards split for reading into %d pieces", len(split), sum(split.values()))
+        for batch in _dataset(config, items, shape, run_id, fault, model.card.preprocessing).iter_batches(
             batch_size=None, batch_format="numpy"
         ):
             for i in range(len(batch["sid"])):
@@ -238,7 +244,7 @@ def _classify_shards(
                     engine[name] += float(row[name])
                 if tracker.add(row):
                     _maybe_kill_driver(fault, len(tracker.done))
-        tracker.finish_empty()
+        tracker.finish()
         status = ray.get(ledger.status.remote())
     except BaseException:
         # The stall interrupt can surface as KeyboardInterrupt or as whatever Ray Data raises
@@ -262,7 +268,7 @@ def _classify_shards(
         "batch_size": _batch_size(config, shape),
         "batches_per_call": _batches_per_call(config, shape),
     }
-    return {"status": status, "target": target, "nodes": nodes, "pool": pool, "engine": engine}
+    return {"status": status, "target": target, "nodes": nodes, "pool": pool, "engine": engine, "split": split}
 
 
 def _batches_per_call(config: ClassifyConfig, shape: PoolShape) -> int:
@@ -482,7 +488,7 @@ def _start_ledger(
 
 
 def _dataset(
-    config: ClassifyConfig, plan: ShardPlan, shape: PoolShape, run_id: str, fault: str, preprocessing: Any
+    config: ClassifyConfig, items: list[dict[str, Any]], shape: PoolShape, run_id: str, fault: str, preprocessing: Any
 ) -> Any:
     import ray
     import ray.data
@@ -491,7 +497,6 @@ def _dataset(
 
     ledger = ray.get_actor(_ledger_name(run_id))
     share, seed = ray.get(ledger.shadow.remote())
-    items = [{"uri": s.uri, "format": s.format, "sid": sid} for s, sid, _ in plan.read_order()]
     ledger_name = _ledger_name(run_id)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(

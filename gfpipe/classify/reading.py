@@ -1,4 +1,5 @@
-"""The classify job's CPU stage: one task per shard reads, decodes and preprocesses its images.
+"""The classify job's CPU stage: one task per shard (or piece of a large shard) reads, decodes and
+preprocesses its images.
 
 Each record becomes one row, good or bad: {"key", "shard" (URI), "sid" (shard id), "ordinal"
 (position in the shard's reading order), "image" uint8 (3, S, S) (zeros for a bad record),
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from gfpipe.classify.layout import OutputLayout
+from gfpipe.classify.state import in_piece
 from gfpipe.config import Preprocessing
 from gfpipe.data.decode import decode_uint8
 from gfpipe.data.io import dumps_json, write_bytes
@@ -38,15 +40,22 @@ def read_shards(
     read_options: ReadOptions,
     preprocessing: Preprocessing,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data UDF: shard rows {"uri", "format", "sid"} -> image rows (see the module doc)."""
+    """Ray Data UDF: shard pieces {"uri", "format", "sid", "piece", "pieces"} -> image rows (see
+    the module doc). A piece reads every `pieces`-th chunk of the shard's records, starting at
+    chunk `piece` (`gfpipe.classify.state.in_piece`); every piece counts all the records, and
+    piece 0 writes the count."""
     layout = OutputLayout(output, storage_options)
     crop = preprocessing.crop
-    for uri, fmt, sid in zip(batch["uri"], batch["format"], batch["sid"], strict=True):
+    pieces = zip(batch["uri"], batch["format"], batch["sid"], batch["piece"], batch["pieces"], strict=True)
+    for uri, fmt, sid, piece, of in pieces:
         shard = Shard(str(uri), str(fmt))
         rows: list[dict[str, Any]] = []
         count = 0
-        for ordinal, record in enumerate(iter_shard_records(shard, storage_options, read_options)):
+        wanted = in_piece(int(piece), int(of))
+        for ordinal, record in enumerate(iter_shard_records(shard, storage_options, read_options, wanted)):
             count = ordinal + 1
+            if record is None:  # another piece's record
+                continue
             image, error, size = None, record.error, None
             if error is None:
                 image, error, size = decode_uint8(record.data, preprocessing)
@@ -65,9 +74,10 @@ def read_shards(
                 rows = []
         if rows:
             yield _block(rows, str(uri), str(sid), crop)
-        write_bytes(
-            layout.records_uri(str(sid)), dumps_json({"uri": str(uri), "records": count}).encode(), storage_options
-        )
+        if int(piece) == 0:  # every piece counts the same records; one writes the count
+            write_bytes(
+                layout.records_uri(str(sid)), dumps_json({"uri": str(uri), "records": count}).encode(), storage_options
+            )
 
 
 def _block(rows: list[dict[str, Any]], uri: str, sid: str, crop: int) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,11 +34,47 @@ class ShardPlan:
     done: dict[str, dict] = field(default_factory=dict)  # sid -> marker (skipped this run)
     changed: list[str] = field(default_factory=list)  # sids redone because their content changed
 
-    def read_order(self) -> list[tuple[Shard, str, Fingerprint]]:
-        """`todo`, largest shards first (sizes from the listing; ties keep the listing order): a
-        large shard read last leaves the cluster idle while one task decodes it; read first, it
-        overlaps with all the others."""
-        return sorted(self.todo, key=lambda item: -(item[2].size or 0))
+    def read_items(self, read_tasks: int) -> list[dict[str, Any]]:
+        """The read stage's work: one item per piece of each shard to classify, largest pieces
+        first. A shard much larger than the others is split (`shard_pieces`) so that several
+        read tasks decode it at once instead of one task decoding it while the rest wait."""
+        sizes = [fp.size for _, _, fp in self.todo]
+        work = [
+            ((size or 0) / n, {"uri": shard.uri, "format": shard.format, "sid": sid, "piece": k, "pieces": n})
+            for (shard, sid, _), size, n in zip(self.todo, sizes, shard_pieces(sizes, read_tasks), strict=True)
+            for k in range(n)
+        ]
+        work.sort(key=lambda pair: -pair[0])  # stable: equal pieces keep the listing order
+        return [item for _, item in work]
+
+
+MAX_PIECES = 8  # each piece reads the whole shard's index (and, remote or compressed, the file)
+PIECE_CHUNK = 128  # consecutive records a piece takes in turn: its parts stay contiguous runs
+
+
+def shard_pieces(sizes: Sequence[int | None], read_tasks: int) -> list[int]:
+    """Pieces per shard from their sizes in bytes (None: unknown, never split).
+
+    The target piece is the smaller of the median shard and an equal share of the whole input
+    per read task; a shard of at least twice the target is cut into about size / target pieces
+    (at most MAX_PIECES). A balanced archive of at least `read_tasks` shards is not split; one
+    shard 10x the others is cut in MAX_PIECES; a lone large shard in as many pieces as there are
+    read tasks (at most MAX_PIECES).
+    """
+    known = sorted(s for s in sizes if s)
+    if not known:
+        return [1] * len(sizes)
+    median = known[(len(known) - 1) // 2]  # the lower median: of two shards, the smaller
+    target = min(median, sum(known) / max(1, read_tasks))
+    return [1 if not size or size < 2 * target else max(1, min(MAX_PIECES, round(size / target))) for size in sizes]
+
+
+def in_piece(piece: int, pieces: int) -> Callable[[int], bool] | None:
+    """The records (by ordinal) that piece `piece` of `pieces` reads: chunks of PIECE_CHUNK
+    records in turn. None for a whole shard."""
+    if pieces <= 1:
+        return None
+    return lambda ordinal: (ordinal // PIECE_CHUNK) % pieces == piece
 
 
 def plan_shards(shards: Sequence[Shard], layout: OutputLayout, fresh: bool = False) -> ShardPlan:
@@ -151,10 +187,16 @@ class ShardTracker:
         write_json(self.layout.done_uri(sid), marker, self.layout.options)
         self.done[sid] = marker
 
-    def finish_empty(self) -> None:
-        """Shards whose reader found no records get no part: mark them done once counted."""
+    def finish(self) -> None:
+        """At the end of the stream, when every read task has written its shard's record count:
+        mark the shards whose count came after their last part, and those with no records (they
+        get no part)."""
         for sid in self.work:
-            if sid not in self.done and not self.parts[sid] and self._records(sid) == 0:
+            if sid in self.done:
+                continue
+            if self.parts[sid]:
+                self._complete(sid)
+            elif self._records(sid) == 0:
                 self._mark_done(sid, 0)
 
     def unfinished(self) -> list[str]:

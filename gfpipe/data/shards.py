@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 from gfpipe.data.decode import DEFAULT_MAX_PIXELS
@@ -249,28 +249,39 @@ def iter_shard_records(
     shard: Shard | str,
     storage_options: Mapping[str, Any] | None = None,
     options: ReadOptions | None = None,
-) -> Iterator[RawRecord]:
+    wanted: Callable[[int], bool] | None = None,
+) -> Iterator[RawRecord | None]:
     """Raw records of one shard, streamed; a shard that cannot be read gives error records.
 
     This is the per-shard unit of work for Ray Data (call it in a task, decode downstream) and
     for plain Python. It never raises for bad data: an unreadable shard yields a record with
     `key == shard.uri` and an error that starts with 'shard:'.
+
+    `wanted` (record ordinal -> bool) reads a piece of the shard: every record still takes its
+    place in the stream, but those it declines come as None and their image bytes are not read
+    (tar members are skipped by offset, folder files not opened; Parquet still reads its image
+    column). Without `wanted` no None is yielded.
     """
     options = options or ReadOptions()
     if isinstance(shard, str):
         shard = Shard(shard, shard_format(shard) if options.format == "auto" else options.format)
     readers = {"wds": _iter_wds, "parquet": _iter_parquet, "folder": _iter_folder}
+    mine = wanted or _everything
     if shard.format not in readers:
-        yield _shard_error(shard, f"unknown format {shard.format!r}")
+        yield _shard_error(shard, f"unknown format {shard.format!r}") if mine(0) else None
         return
     count = 0
     try:
-        for record in readers[shard.format](shard, storage_options, options):
+        for record in readers[shard.format](shard, storage_options, options, mine):
+            yield record if mine(count) else None
             count += 1
-            yield record
     except Exception as exc:  # noqa: BLE001 - the run goes on; this shard reports the failure
         log.warning("%s: shard read failed after %d records: %s", shard.uri, count, exc)
-        yield _shard_error(shard, _short_exc(exc))
+        yield _shard_error(shard, _short_exc(exc)) if mine(count) else None
+
+
+def _everything(ordinal: int) -> bool:
+    return True
 
 
 def _shard_error(shard: Shard, reason: str) -> RawRecord:
@@ -369,7 +380,9 @@ def _manifest_count(fs: Any, path: str, uri: str, storage_options: Mapping[str, 
 # --- WebDataset -------------------------------------------------------------------------
 
 
-def _iter_wds(shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions) -> Iterator[RawRecord]:
+def _iter_wds(
+    shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions, wanted: Callable[[int], bool]
+) -> Iterator[RawRecord | None]:
     """Samples grouped by key wherever their members are in the tar (Ray's reader assumes adjacency).
 
     The tar is indexed first (headers only) and then read sample by sample; a remote or
@@ -381,8 +394,8 @@ def _iter_wds(shard: Shard, storage_options: Mapping[str, Any] | None, options: 
         if problem and not samples:
             yield _shard_error(shard, problem)
             return
-        for key, parts in samples.items():
-            yield _wds_record(shard, key, parts, fh, options)
+        for ordinal, (key, parts) in enumerate(samples.items()):
+            yield _wds_record(shard, key, parts, fh, options) if wanted(ordinal) else None
         if problem:
             yield _shard_error(shard, problem)
 
@@ -477,7 +490,9 @@ def _member_bytes(fh: BinaryIO, member: tarfile.TarInfo) -> bytes:
 # --- Parquet ----------------------------------------------------------------------------
 
 
-def _iter_parquet(shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions) -> Iterator[RawRecord]:
+def _iter_parquet(
+    shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions, wanted: Callable[[int], bool]
+) -> Iterator[RawRecord | None]:
     """Rows streamed batch by batch (never the whole file); only the needed columns are read."""
     import pyarrow.parquet as pq
 
@@ -503,7 +518,8 @@ def _iter_parquet(shard: Shard, storage_options: Mapping[str, Any] | None, optio
         for batch in pf.iter_batches(batch_size=options.parquet_batch_rows, columns=columns):
             cols = {name: batch.column(name).to_pylist() for name in columns}
             for i in range(batch.num_rows):
-                yield _parquet_record(shard, row, {name: values[i] for name, values in cols.items()}, options)
+                values = {name: column[i] for name, column in cols.items()}
+                yield _parquet_record(shard, row, values, options) if wanted(row) else None
                 row += 1
 
 
@@ -534,10 +550,15 @@ def _parquet_record(shard: Shard, row: int, values: dict[str, Any], options: Rea
 # --- Folders ----------------------------------------------------------------------------
 
 
-def _iter_folder(shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions) -> Iterator[RawRecord]:
+def _iter_folder(
+    shard: Shard, storage_options: Mapping[str, Any] | None, options: ReadOptions, wanted: Callable[[int], bool]
+) -> Iterator[RawRecord | None]:
     """The image files directly in one folder (or one image file), in name order."""
     fs, names = _folder_images(shard.uri, storage_options)
-    for name in names:
+    for ordinal, name in enumerate(names):
+        if not wanted(ordinal):
+            yield None
+            continue
         uri = to_uri(fs, name, shard.uri)
         try:
             data = fs.cat_file(name)

@@ -22,7 +22,15 @@ from gfpipe.classify.layout import (
 )
 from gfpipe.classify.ledger import BudgetLedger
 from gfpipe.classify.parts import SCHEMA, read_rows, write_part
-from gfpipe.classify.state import ShardTracker, clear_leftovers, plan_shards
+from gfpipe.classify.state import (
+    MAX_PIECES,
+    PIECE_CHUNK,
+    ShardTracker,
+    clear_leftovers,
+    in_piece,
+    plan_shards,
+    shard_pieces,
+)
 from gfpipe.data.shards import Shard
 
 
@@ -274,12 +282,43 @@ def test_a_pool_that_leaves_reading_no_cpu_is_refused():
         pool_shape(config, {"CPU": 2.0}, [2.0])
 
 
-def test_the_read_order_starts_with_the_largest_shards_and_keeps_the_listing_order_of_equals(tmp_path):
+@pytest.mark.parametrize(
+    ("sizes", "read_tasks", "pieces"),
+    [
+        ([100] * 16, 4, [1] * 16),  # balanced, more shards than read tasks: never split
+        ([100] * 15 + [1000], 4, [1] * 15 + [MAX_PIECES]),  # one 10x shard
+        ([100, 100, 100, 199, 200], 2, [1, 1, 1, 1, 2]),  # split from twice the median on
+        ([1000], 4, [4]),  # a lone shard: one piece per read task
+        ([1000], 1, [1]),
+        ([100, 100], 8, [4, 4]),  # fewer shards than read tasks: cut into the input's share per task
+        ([None, 100, 5000], 2, [1, 1, MAX_PIECES]),  # an unknown size is never split
+        ([None, None], 4, [1, 1]),
+    ],
+)
+def test_large_shards_are_cut_into_pieces(sizes, read_tasks, pieces):
+    assert shard_pieces(sizes, read_tasks) == pieces
+
+
+def test_the_pieces_of_a_shard_take_every_record_once_in_contiguous_chunks():
+    for pieces in (2, 3, 8):
+        owners = [[k for k in range(pieces) if in_piece(k, pieces)(i)] for i in range(5000)]
+        assert all(len(o) == 1 for o in owners)  # every record in exactly one piece
+        assert {o[0] for o in owners} == set(range(pieces))  # every piece has work
+        runs = contiguous_runs([i for i in range(5000) if in_piece(1, pieces)(i)])
+        assert all(last - first + 1 == PIECE_CHUNK for first, last, _ in runs[:-1])
+    assert in_piece(0, 1) is None
+
+
+def test_read_items_list_pieces_largest_first_and_equal_ones_in_listing_order(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     sizes = {"a.tar": 10, "b.tar": 300, "c.tar": 10, "d.tar": 20, "e.tar": 300}
     for name, size in sizes.items():
         (folder / name).write_bytes(b"x" * size)
     plan = plan_shards([Shard(str(folder / n), "wds") for n in sizes], OutputLayout(str(tmp_path / "out")))
-    assert [Path(s.uri).name for s, _, _ in plan.read_order()] == ["b.tar", "e.tar", "d.tar", "a.tar", "c.tar"]
+    items = plan.read_items(read_tasks=1)  # median 20: b and e (15x) are cut in 8 pieces of 37.5 bytes
+    names = [(Path(item["uri"]).name, item["piece"], item["pieces"]) for item in items]
+    assert names == [("b.tar", k, 8) for k in range(8)] + [("e.tar", k, 8) for k in range(8)] + [
+        ("d.tar", 0, 1), ("a.tar", 0, 1), ("c.tar", 0, 1)
+    ]  # fmt: skip
     assert [Path(s.uri).name for s, _, _ in plan.todo] == list(sizes)  # the plan itself keeps the listing

@@ -75,6 +75,7 @@ def test_every_image_once_then_resume_nightly_changed_shards_and_overwrite(ray_l
         "skipped_done": 0,
         "redone_changed": 0,
         "redone_changed_uris": [],
+        "split_for_reading": {},
     }
     written = json.loads((tmp_path / "out" / "_gfpipe" / "summary.json").read_text())
     assert written["run_id"] == summary["run_id"] and written["exits"] == summary["exits"]
@@ -109,6 +110,32 @@ def test_every_image_once_then_resume_nightly_changed_shards_and_overwrite(ray_l
     fresh = run(data, out, overwrite=True)
     assert fresh["shards"]["classified"] == 4 and fresh["images"] == 300
     assert_exactly_once(out, data)
+
+
+def test_a_large_shard_is_read_in_pieces_and_every_image_comes_once(ray_local, tmp_path):
+    """Three shards of 30 images and one of 600 (3 corrupt): the large one is cut in MAX_PIECES
+    read items (some empty: 600 images are 5 chunks of 128); its rows, error rows included, come
+    once, and it is done only when all its pieces are."""
+    from gfpipe.classify.state import MAX_PIECES
+
+    data = tmp_path / "in"
+    write_archive(tmp_path / "src", "a", 90, 30)
+    manifest = write_archive(tmp_path / "src", "z", 600, 600, corrupt=3)
+    data.mkdir()
+    for split in ("a", "z"):
+        for tar in sorted((tmp_path / "src" / split).glob("*.tar")):
+            tar.rename(data / f"{split}-{tar.name}")
+    out = str(tmp_path / "out")
+    summary = run(str(data), out, batch_size=32, batches_per_call=2)
+    rows = assert_exactly_once(out, str(data))
+    assert len(rows) == 690 and summary["images"] == 690 and summary["errors"] == 3
+    assert {r["key"].rsplit("#", 1)[1] for r in rows if r["error"]} == set(manifest["corrupt_keys"])
+    assert summary["shards"]["split_for_reading"] == {str(data / "z-shard-000000.tar"): MAX_PIECES}
+    assert summary["shards"]["classified"] == 4
+    markers = sorted((tmp_path / "out" / "_gfpipe" / "done").glob("*.json"))
+    assert sorted(json.loads(m.read_text())["records"] for m in markers) == [30, 30, 30, 600]
+    again = run(str(data), out, batch_size=32, batches_per_call=2)  # all done: nothing to read again
+    assert again["shards"]["skipped_done"] == 4 and again["images"] == 690
 
 
 def test_a_killed_actor_loses_nothing_and_its_spend_counts_once(ray_local, tmp_path, monkeypatch):

@@ -446,3 +446,60 @@ def test_strict_classes_refuses_unknown_class_folders(tmp_path):
         list(read_images(str(tmp_path), options=strict))
     ok = ReadOptions(class_folders=True, class_names=("dog", "cat", "eel"), strict_classes=True)
     assert [s.label for s in discover_shards(str(tmp_path), options=ok)] == [1, 0, 2]
+
+
+# --- Pieces of a shard (wanted) ------------------------------------------------------------
+
+
+def _three_formats(tmp_path: Path) -> dict[str, str]:
+    """The same 10 images as a tar, a Parquet file and a folder."""
+    write_tar(tmp_path / "s.tar", [(f"k{i:02d}.png", image_bytes(i)) for i in range(10)])
+    write_parquet(tmp_path / "s.parquet", {"image": [image_bytes(i) for i in range(10)]}, row_group_size=4)
+    (tmp_path / "folder").mkdir()
+    for i in range(10):
+        (tmp_path / "folder" / f"k{i:02d}.png").write_bytes(image_bytes(i))
+    return {"wds": str(tmp_path / "s.tar"), "parquet": str(tmp_path / "s.parquet"), "folder": str(tmp_path / "folder")}
+
+
+@pytest.mark.parametrize("fmt", ["wds", "parquet", "folder"])
+def test_a_piece_keeps_every_ordinal_and_reads_only_its_records(tmp_path, fmt):
+    uri = _three_formats(tmp_path)[fmt]
+    whole = list(iter_shard_records(Shard(uri, fmt)))
+    odd = list(iter_shard_records(Shard(uri, fmt), wanted=lambda i: i % 2 == 1))
+    assert len(odd) == len(whole) == 10
+    assert [r is None for r in odd] == [i % 2 == 0 for i in range(10)]
+    assert [r.key for r in odd if r is not None] == [r.key for i, r in enumerate(whole) if i % 2 == 1]
+    assert all(r.data == w.data for r, w in zip(odd, whole, strict=True) if r is not None)
+
+
+def test_a_piece_does_not_read_the_bytes_of_other_records(tmp_path, monkeypatch):
+    import gfpipe.data.shards as shards
+
+    uri = _three_formats(tmp_path)["wds"]
+    reads = []
+    real = shards._member_bytes
+    monkeypatch.setattr(shards, "_member_bytes", lambda fh, member: reads.append(member.name) or real(fh, member))
+    list(iter_shard_records(Shard(uri, "wds"), wanted=lambda i: i >= 8))
+    assert reads == ["k08.png", "k09.png"]
+    (tmp_path / "folder" / "k03.png").chmod(0)  # unreadable for others than root; and it is not opened at all
+    calls = []
+    monkeypatch.setattr(shards, "to_uri", lambda fs, name, base: calls.append(name) or name)
+    records = list(iter_shard_records(Shard(str(tmp_path / "folder"), "folder"), wanted=lambda i: i == 5))
+    assert [r.key for r in records if r is not None] == [calls[0]] and len(calls) == 1
+
+
+def test_a_shard_error_belongs_to_the_piece_of_its_ordinal(tmp_path):
+    (tmp_path / "bad.tar").write_bytes(b"not a tar at all" * 100)
+    bad = Shard(str(tmp_path / "bad.tar"), "wds")
+    assert [r.error[:6] for r in iter_shard_records(bad, wanted=lambda i: i == 0)] == ["shard:"]
+    assert list(iter_shard_records(bad, wanted=lambda i: i != 0)) == [None]
+    # a tar cut short: complete samples first, then the error at the next ordinal
+    payloads = [np.random.default_rng(i).bytes(4000) for i in range(4)]  # reading needs no decoding
+    write_tar(tmp_path / "t.tar", [(f"k{i}.png", data) for i, data in enumerate(payloads)])
+    data = (tmp_path / "t.tar").read_bytes()
+    (tmp_path / "t.tar").write_bytes(data[: int(len(data) * 0.6)])
+    whole = list(iter_shard_records(Shard(str(tmp_path / "t.tar"), "wds")))
+    last = len(whole) - 1
+    assert whole[last].error.startswith("shard:")
+    tail = list(iter_shard_records(Shard(str(tmp_path / "t.tar"), "wds"), wanted=lambda i: i == last))
+    assert [r is None for r in tail] == [True] * last + [False] and tail[last].error == whole[last].error
