@@ -22,6 +22,8 @@ import jsonschema
 import pytest
 import yaml
 
+from .markdown import bash_commands
+
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 LAUNCHER = INFRA / "aws-gpu.yaml"
@@ -46,21 +48,6 @@ def placeholders(text: str) -> set[str]:
 def render(text: str, values: dict[str, str]) -> str:
     """What `envsubst '${A} ${B}'` does: replace the named ${VAR}s, leave every other `$` alone."""
     return PLACEHOLDER.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), text)
-
-
-def bash_commands(markdown: str) -> list[list[str]]:
-    """The commands of the ```bash blocks, continuation lines joined, comments dropped, split as
-    the shell would (`<`, `>` and `|` stay separate words)."""
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", markdown, flags=re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            lexer = shlex.shlex(line, posix=True, punctuation_chars="|<>")
-            lexer.whitespace_split = True
-            lexer.commenters = "#"
-            words = list(lexer)
-            if words:
-                commands.append(words)
-    return commands
 
 
 def documented_values() -> dict[str, str]:

@@ -58,3 +58,30 @@ def test_readme_names_only_commands_and_files_that_exist():
         assert re.search(rf"^{target}:", (root / "Makefile").read_text(), flags=re.M), f"make {target}"
     for path in re.findall(r"`((?:bench|gfpipe|tests|jobs|configs|infra)/[\w/.-]+\.(?:py|yaml|md))`", text):
         assert (root / path).exists(), f"README names {path}, which does not exist"
+
+
+def test_every_gfpipe_and_job_command_in_the_guides_parses():
+    """Each `gfpipe SUB ...` and `python jobs/SUB.py ...` line of README.md and docs/*.md parses
+    with gfpipe's own CLI parser: a renamed or misspelled flag fails here, not for a user."""
+    from gfpipe.cli import _parser
+
+    from .markdown import GUIDES, bash_commands
+
+    checked = 0
+    for guide in GUIDES:
+        for words in bash_commands(guide.read_text()):
+            for i, word in enumerate(words):
+                job = re.fullmatch(r"jobs/(\w+)\.py", word)
+                if word == "gfpipe" and i == 0:
+                    argv = words[1:]
+                elif job and i > 0 and words[i - 1] == "python":
+                    argv = [job.group(1), *words[i + 1 :]]
+                else:
+                    continue
+                argv = argv[: argv.index("|")] if "|" in argv else argv
+                try:
+                    _parser(argv[0]).parse_args(argv)
+                except SystemExit as exc:
+                    raise AssertionError(f"{guide.name}: `{' '.join(words)}` does not parse") from exc
+                checked += 1
+    assert checked >= 10, checked
