@@ -13,5 +13,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("gfpipe.commands.evaluate", "anytime and budgeted accuracy of a checkpoint on labelled data"),
     "costs": ("gfpipe.commands.costs", "per-step cumulative Multiply-Adds of a checkpoint or an architecture"),
     "train": ("gfpipe.commands.train", "train a GFNet on a Ray cluster: three stages, calibration, one checkpoint"),
+    "plan": ("gfpipe.commands.plan", "cost, accuracy, devices and device-hours of a classify job, or its best budget"),
 }
 """Subcommand name -> (module, one-line help); a module is imported only when its subcommand runs."""
