@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SYNTH = SynthConfig(image_size=128, small_font=(0.11, 0.14), seed=0)
 
 
-def config(data: Path, epochs: int, storage: str, name: str):
+def config(data: Path, epochs: int, storage: str, name: str, batch_size: int | None = None):
     sets = [
         f"data.train={data / 'train'}",
         f"data.val={data / 'val'}",
@@ -53,6 +53,8 @@ def config(data: Path, epochs: int, storage: str, name: str):
         f"run.name={name}",
         f"run.output={storage}/{name}.pt",
     ]
+    if batch_size is not None:
+        sets.append(f"batch_size={batch_size}")
     return load_config(str(ROOT / "configs" / "demo.yaml"), sets)
 
 
@@ -88,6 +90,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=3, help="stage-I epochs per side and round (first is warm-up)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the demo recipe's 64)")
     args = parser.parse_args()
     tune_allocator()
     cores = os.cpu_count() or 1
@@ -100,7 +103,7 @@ def main() -> None:
         init_ray()
         ratios, plain_rates, ray_rates = [], [], []
         for round_index in range(args.rounds):
-            cfg = config(data, args.epochs, str(Path(tmp) / "runs"), f"bench-{round_index}")
+            cfg = config(data, args.epochs, str(Path(tmp) / "runs"), f"bench-{round_index}", args.batch_size)
             sides = ["plain", "ray"] if round_index % 2 == 0 else ["ray", "plain"]
             rates = {}
             for side in sides:
@@ -125,6 +128,7 @@ def main() -> None:
             "epochs": args.epochs,
             "rounds": args.rounds,
             "recipe": "configs/demo.yaml stage I",
+            "batch_size": args.batch_size or cfg.batch_size,
         },
     }
     print(f"machine: {machine()}")
