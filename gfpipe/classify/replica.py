@@ -109,7 +109,9 @@ class ClassifyReplica:
         import ray
 
         from gfpipe.checkpoint import load_checkpoint
+        from gfpipe.runtime import tune_allocator
 
+        tune_allocator()  # before the model's first allocations (gfpipe.runtime)
         if device == "cpu":
             torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda:0" if device == "cuda" else "cpu")

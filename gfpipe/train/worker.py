@@ -49,8 +49,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    from gfpipe.runtime import tune_allocator
     from gfpipe.train.loops import Trainer
 
+    tune_allocator()  # a worker is a process of its own (gfpipe.runtime)
     plan: RunPlan = loop_config["plan"]
     config = plan.config
     _worker_logging(loop_config["log_level"])
