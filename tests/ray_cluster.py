@@ -60,11 +60,13 @@ class LoopbackCluster:
         self._start(f"node{len(self.nodes)}", [f"--address=127.0.0.1:{self.port}", f"--num-cpus={cpus:g}"])
         self.wait_for_nodes(len(self.nodes))
 
-    def submit(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """`ray job submit --address DASHBOARD --working-dir . -- ARGS` from the repository root;
-        waits for the job and returns the finished `ray job submit` process."""
+    def submit(self, *args: str, runtime_env: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+        """`ray job submit --address DASHBOARD --working-dir . -- ARGS` (or `--runtime-env FILE`
+        instead of `--working-dir .`) from the repository root; waits for the job and returns the
+        finished `ray job submit` process."""
+        ships = ["--runtime-env", runtime_env] if runtime_env else ["--working-dir", "."]
         return subprocess.run(
-            [RAY, "job", "submit", "--address", self.dashboard, "--working-dir", ".", "--", *args],
+            [RAY, "job", "submit", "--address", self.dashboard, *ships, "--", *args],
             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
 

@@ -1,9 +1,10 @@
 """The user's exact commands on a real cluster: two Ray nodes on this machine (`ray start --head`
 and `ray start --address`, 2 CPUs each, on loopback), and `ray job submit --working-dir . --
-python jobs/classify.py ...` / `jobs/train.py ...` submitted to them. The classify job's model
-replicas and the training workers must run on both nodes (recorded per row, in the summary and in
-the training history), and every image must come back exactly once. The nodes share this
-machine's file system, as a cluster shares its object storage.
+python jobs/classify.py ...` and `ray job submit --runtime-env infra/runtime_env.yaml -- python
+jobs/train.py ...` submitted to them. The classify job's model replicas and the training
+workers must run on both nodes (recorded per row, in the summary and in the training history),
+and every image must come back exactly once. The nodes share this machine's file system, as a
+cluster shares its object storage.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def test_training_spreads_its_workers_over_both_nodes(two_nodes, tmp_path):
         "python", "jobs/train.py", "--config", "configs/test-tiny.yaml",
         "--train", str(tmp_path / "glyphs" / "train"), "--val", str(tmp_path / "glyphs" / "val"),
         "--storage", str(tmp_path / "runs"),
+        runtime_env="infra/runtime_env.yaml",  # the shipped example, as docs/cluster.md shows it
     )  # fmt: skip
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     model = gfpipe.load_checkpoint(str(tmp_path / "runs" / "test-tiny" / "model.pt"))
