@@ -287,6 +287,8 @@ def test_gfpipe_plan_mistakes_are_one_line(tmp_path: Path):
         (GIVEN + ["--images", "10M", "--budget", "9M", "--images-per-s", "100"], "not allowed with argument"),
         (["plan", "--images", "10M", "--budget", "9M", "--step-seconds", "1,2"], "has 2 values; this model has T = 3"),
         (["plan", "--images", "no/such/archive", "--budget", "9M", "--images-per-s", "100"], "no/such/archive"),
+        (GIVEN + ["--images", "-5", "--budget", "9M"], "give a positive number of images"),
+        (GIVEN + ["--images", "10M", "--budget", "9M", "--window", "0s"], "must be positive, e.g. 2h"),
     ]
     import torch
 

@@ -34,8 +34,10 @@ def _duration(text: str) -> float:
 
     try:
         return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("time budget", "duration")) from None
+    except ValueError as exc:  # the budget grammar's message, its examples made plain durations
+        raise argparse.ArgumentTypeError(
+            str(exc).replace("time budget", "duration").replace("--budget-time ", "")
+        ) from None
 
 
 def _seconds_list(text: str) -> tuple[float, ...]:
@@ -297,6 +299,8 @@ def _archive(text: str, options: dict[str, Any] | None, read_options: Any) -> tu
     """(images, shards): a number as given, or an archive counted from metadata."""
     from gfpipe.budget.grammar import parse_amount
 
+    if re.fullmatch(r"[-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?[A-Za-z]?", text.strip()) and not _is_count(text):
+        raise ValueError(f"--images {text}: give a positive number of images (e.g. 10M) or an archive URI")
     if _is_count(text):
         value = parse_amount(text, "image count", "--images 10M, --images 2.5e6")
         if value != int(value) or value < 1:
