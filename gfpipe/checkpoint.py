@@ -31,8 +31,28 @@ log = logging.getLogger(__name__)
 FORMAT = "gfpipe-checkpoint"
 FORMAT_VERSION = 1
 OFFICIAL_KEYS = ("model_state_dict", "model_prime_state_dict", "fc", "policy")
-OFFICIAL_ARCHS = ("resnet50", "mobilenetv3_large_100")
+OFFICIAL_ARCHS = (
+    "resnet50",
+    "mobilenetv3_large_100",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "regnety_600m",
+    "regnety_800m",
+    "regnety_1.6g",
+    "mobilenetv3_large_125",
+    "efficientnet_b2",
+    "efficientnet_b3",
+)
 IMAGENET_PREPROCESSING = Preprocessing(resize=256, crop=224, interpolation="bilinear")
+# Archs whose official inference.py input differs from IMAGENET_PREPROCESSING: S = image_size,
+# resize the shorter side to int(S / crop_pct), bicubic, centre-crop S. The official train.py
+# trains and validates these on 224 crops (Resize(256), bilinear) instead; gfpipe follows
+# inference.py, which made the published results, for imported files.
+OFFICIAL_PREPROCESSING = {
+    "efficientnet_b2": Preprocessing(resize=297, crop=260, interpolation="bicubic"),  # crop_pct 0.875
+    "efficientnet_b3": Preprocessing(resize=331, crop=300, interpolation="bicubic"),  # crop_pct 0.904
+}
 BUILTIN = {"demo": "assets/demo.pt"}
 """Models that ship with gfpipe, by name: the demo GFNet (configs/demo.yaml, BENCHMARKS.md)."""
 
@@ -288,7 +308,7 @@ def _import_official(
     prime = _strip_module(raw["model_prime_state_dict"])
     local = _strip_module(raw["model_state_dict"])
     fc, policy = dict(raw["fc"]), dict(raw["policy"])
-    cascade = arch.startswith("mobilenet")
+    cascade = arch.startswith(("mobilenet", "efficientnet"))
     head = "classifier" if cascade else "fc"
     try:
         num_classes = prime[f"{head}.weight"].shape[0] if cascade else fc["fc.weight"].shape[0]
@@ -299,20 +319,25 @@ def _import_official(
     if cascade and T > 5:
         raise CheckpointError(f"{name}: the official cascade classifier has fc_2..fc_5, so T <= 5; got T={T}")
     names = _class_names(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    preprocessing = OFFICIAL_PREPROCESSING.get(arch, IMAGENET_PREPROCESSING)
     config = GFNetConfig(
         backbone=arch,
         num_classes=num_classes,
-        input_size=224,
+        input_size=preprocessing.crop,
         patch_size=patch_size,
         T=T,
         classifier_hidden=classifier_hidden or None,
         policy_hidden=policy_hidden,
-        glance_interpolation="bicubic",
+        # The official inference.py's `prime_interpolation`: bilinear for DenseNet and RegNet,
+        # bicubic for the rest. Its train.py glances bicubic for every family; gfpipe follows
+        # inference.py for imported files (as it does for RegNet's step-1 logits, the family's
+        # glance_logits="encoder_head" default).
+        glance_interpolation="bilinear" if arch.startswith(("densenet", "regnety")) else "bicubic",
         encoder_heads=True,  # the files carry both encoders' heads: kept for fine-tuning (Eq. 3)
     )
     card = ModelCard(
         class_names=tuple(names),
-        preprocessing=IMAGENET_PREPROCESSING,
+        preprocessing=preprocessing,
         provenance={
             "source": "official GFNet-Pytorch checkpoint",
             "file": str(name),
@@ -329,7 +354,7 @@ def _import_official(
         for k, v in encoder.items():
             state[f"{prefix}.{k}"] = v  # the encoder's own head included (training's aux term)
             if cascade and prefix == "global_encoder" and k.startswith(f"{head}."):
-                # MobileNet's step-1 logits are the global encoder's own head (inference.py).
+                # MobileNet's and EfficientNet's step-1 logits are the global encoder's own head.
                 state[f"classifier.fc_1.{k.split('.', 1)[1]}"] = v
     for k, v in fc.items():
         step = k.split(".")[0].removeprefix("fc_")

@@ -19,7 +19,7 @@ T = 4
 SIZE, PATCH = 64, 32
 
 
-def tiny_model(classifier: str = "gru", width: int = 4) -> GFNet:
+def tiny_model(classifier: str = "gru", width: int = 4, glance_logits: str = "classifier") -> GFNet:
     torch.manual_seed(0)
     model = GFNet(
         GFNetConfig(
@@ -30,10 +30,13 @@ def tiny_model(classifier: str = "gru", width: int = 4) -> GFNet:
             patch_size=PATCH,
             T=T,
             classifier=classifier,
+            glance_logits=glance_logits,
         )
     ).eval()
     head = model.classifier.fc if classifier == "gru" else model.classifier.fc_1
     torch.nn.init.normal_(head.weight, 0, 1.0)  # confidences that vary per image
+    if glance_logits == "encoder_head":
+        torch.nn.init.normal_(model.global_encoder.head.weight, 0, 1.0)
     torch.nn.init.normal_(model.policy.actor[0].weight, 0, 3.0)  # locations that vary per image
     return model
 
@@ -108,9 +111,11 @@ def mixed_batches(x: torch.Tensor, sizes: list[int]):
     assert start == len(x)
 
 
-@pytest.mark.parametrize("classifier", ["gru", "cascade"])
-def test_rows_match_anytime_plus_simulate_field_by_field(classifier):
-    model = tiny_model(classifier)
+@pytest.mark.parametrize(
+    "classifier,glance_logits", [("gru", "classifier"), ("cascade", "classifier"), ("gru", "encoder_head")]
+)
+def test_rows_match_anytime_plus_simulate_field_by_field(classifier, glance_logits):
+    model = tiny_model(classifier, glance_logits=glance_logits)
     x = images(60, seed=2)
     scores = exit_scores(model.anytime(x)).T.numpy()
     eta = spread_thresholds(scores)

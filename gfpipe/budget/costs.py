@@ -6,7 +6,8 @@ so counting a ResNet-50 takes no real compute. MACs = FLOPs / 2. Resizing, softm
 element-wise ops are not counted (as in the paper's figures).
 
 Exiting after step t costs C_t = glance + cls_1 + sum_{s=2..t} (policy + local + cls_s): the
-policy that picks step s's patch runs only for images that take step s.
+policy that picks step s's patch runs only for images that take step s. cls_t is what
+`GFNet.classify` runs at step t (for RegNet's glance: the global encoder's head and the GRU update).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _part_costs(config: GFNetConfig) -> PartCosts:
     classifier = []
     for t in range(1, cfg.T + 1):
         with FlopCounterMode(display=False) as counter:
-            _, state = model.classifier.step(features, state, t)
+            _, state = model.classify(features, state, t)
         classifier.append(counter.get_total_flops() / 2.0)
     side = model.local_encoder.map_size(cfg.patch_size)
     fmap = torch.zeros(1, model.local_encoder.map_channels, side, side, device=meta)

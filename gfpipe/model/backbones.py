@@ -8,12 +8,16 @@ State-dict layouts follow the files people already have: ResNets use torchvision
 (so torchvision's ImageNet `.pth` files load with strict matching when the backbone is built with
 `head_classes=1000`), and MobileNet-V3-Large uses the timm-style names that the official GFNet
 checkpoints use. torchvision itself is not used (it does not run with the CPU torch build here).
+DenseNet-121/169/201 (densenet.py, torchvision's names) and RegNet-Y-600MF/800MF/1.6GF
+(regnet.py, pycls's AnyNet names) live in their own modules and are registered here.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +158,7 @@ class ResNet(Backbone):
 
 
 # --------------------------------------------------------------------------------------------
-# MobileNet-V3-Large 1.00 (timm-style layout, as in the official GFNet checkpoints)
+# MobileNet-V3-Large 1.00 and 1.25 (timm-style layout, as in the official GFNet checkpoints)
 # --------------------------------------------------------------------------------------------
 
 
@@ -180,8 +184,11 @@ class SqueezeExcite(nn.Module):
         return x * F.hardsigmoid(s)
 
 
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "hswish": F.hardswish, "swish": F.silu}
+
+
 def _activation(name: str) -> Callable[[Tensor], Tensor]:
-    return F.relu if name == "relu" else F.hardswish
+    return _ACTIVATIONS[name]
 
 
 class DepthwiseSeparable(nn.Module):
@@ -257,20 +264,24 @@ _MOBILENETV3_LARGE = [
 
 
 class MobileNetV3Large(Backbone):
-    """MobileNet-V3-Large 1.00. Feature map = output of `blocks` (960 ch); pooled = global
-    average of it, then `conv_head` (1x1 with bias) and hard-swish: 1280-d."""
+    """MobileNet-V3-Large 1.00, or another channel multiplier `width` (1.25: the official GFNet
+    `mobilenetv3_large_125`): every width of the 1.00 definition times `width`, rounded with
+    `make_divisible` (stem 16 -> 24, map 960 -> 1200). Feature map = output of `blocks`; pooled =
+    global average of it, then `conv_head` (1x1 with bias, 1280 at every width) and hard-swish."""
 
-    def __init__(self, head_classes: int | None = None, drop_connect: float = 0.0):
+    def __init__(self, head_classes: int | None = None, drop_connect: float = 0.0, width: float = 1.0):
         super().__init__()
-        self.conv_stem = nn.Conv2d(3, 16, 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        stem = make_divisible(16 * width)
+        self.conv_stem = nn.Conv2d(3, stem, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
         stages: list[nn.Module] = []
-        cin = 16
+        cin = stem
         total = sum(len(stage) for stage in _MOBILENETV3_LARGE)
         index = 0
         for stage in _MOBILENETV3_LARGE:
             blocks: list[nn.Module] = []
             for kernel, expansion, cout, se, act, stride in stage:
+                cout = make_divisible(cout * width)
                 rate = drop_connect * index / total  # deeper blocks drop more (timm's schedule)
                 index += 1
                 if expansion == 1:
@@ -280,17 +291,18 @@ class MobileNetV3Large(Backbone):
                     blocks.append(InvertedResidual(cin, mid, cout, kernel, stride, act, se, rate))
                 cin = cout
             stages.append(nn.Sequential(*blocks))
-        stages.append(nn.Sequential(ConvBnAct(cin, 960, "hswish")))
+        channels = make_divisible(960 * width)
+        stages.append(nn.Sequential(ConvBnAct(cin, channels, "hswish")))
         self.blocks = nn.Sequential(*stages)
-        self.conv_head = nn.Conv2d(960, 1280, 1, bias=True)
-        self.map_channels, self.feature_dim = 960, 1280
+        self.conv_head = nn.Conv2d(channels, 1280, 1, bias=True)
+        self.map_channels, self.feature_dim = channels, 1280
         # The encoder's own head (`head`): for timm-style files and GFNet's auxiliary loss.
         self.classifier = nn.Linear(1280, head_classes) if head_classes else None
         _init_weights(self)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = F.hardswish(self.bn1(self.conv_stem(x)))  # (N, 16, s/2, s/2)
-        fmap = self.blocks(x)  # (N, 960, ceil(s/32), ceil(s/32))
+        x = F.hardswish(self.bn1(self.conv_stem(x)))  # (N, stem, s/2, s/2)
+        fmap = self.blocks(x)  # (N, map_channels, ceil(s/32), ceil(s/32))
         pooled = F.hardswish(self.conv_head(F.adaptive_avg_pool2d(fmap, 1)))  # (N, 1280, 1, 1)
         return torch.flatten(pooled, 1), fmap
 
@@ -340,6 +352,25 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 # Registry
 # --------------------------------------------------------------------------------------------
 
+
+def _densenet(name: str, head_classes: int | None = None, **_: Any) -> Backbone:
+    from gfpipe.model.densenet import densenet  # imported here: that module imports Backbone from this one
+
+    return densenet(name, head_classes)
+
+
+def _regnety(name: str, head_classes: int | None = None, **_: Any) -> Backbone:
+    from gfpipe.model.regnet import regnety  # imported here: that module imports Backbone from this one
+
+    return regnety(name, head_classes)
+
+
+def _efficientnet(variant: str, head_classes: int | None = None, drop_connect: float = 0.0, **_: Any) -> Backbone:
+    from gfpipe.model.efficientnet import efficientnet  # imported here: that module builds on this one's blocks
+
+    return efficientnet(variant, head_classes, drop_connect)
+
+
 BACKBONES: dict[str, Callable[..., Backbone]] = {
     "resnet18": lambda head_classes=None, **_: ResNet(BasicBlock, [2, 2, 2, 2], head_classes),
     "resnet34": lambda head_classes=None, **_: ResNet(BasicBlock, [3, 4, 6, 3], head_classes),
@@ -347,13 +378,20 @@ BACKBONES: dict[str, Callable[..., Backbone]] = {
     "mobilenetv3_large_100": lambda head_classes=None, drop_connect=0.0, **_: MobileNetV3Large(
         head_classes, drop_connect
     ),
+    "mobilenetv3_large_125": lambda head_classes=None, drop_connect=0.0, **_: MobileNetV3Large(
+        head_classes, drop_connect, width=1.25
+    ),
+    "efficientnet_b2": functools.partial(_efficientnet, "b2"),
+    "efficientnet_b3": functools.partial(_efficientnet, "b3"),
+    **{name: functools.partial(_densenet, name) for name in ("densenet121", "densenet169", "densenet201")},
+    **{name: functools.partial(_regnety, name) for name in ("regnety_600m", "regnety_800m", "regnety_1.6g")},
     "tiny": lambda head_classes=None, width=16, **_: TinyCNN(width, head_classes),
 }
 
 
 def build_backbone(name: str, head_classes: int | None = None, width: int = 16, drop_connect: float = 0.0) -> Backbone:
     """Backbone by registry name; `width` applies to `tiny` only, `drop_connect` (stochastic
-    depth of residual blocks, training only) to the families that use it (MobileNet-V3)."""
+    depth of residual blocks, training only) to the families that use it (MobileNet-V3, EfficientNet)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(sorted(BACKBONES))}")
     return BACKBONES[name](head_classes=head_classes, width=width, drop_connect=drop_connect)

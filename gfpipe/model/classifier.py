@@ -31,6 +31,12 @@ class GRUClassifier(nn.Module):
         out, hidden = self.rnn(features.unsqueeze(0), state.unsqueeze(0).contiguous())  # (1, N, H)
         return self.fc(out[0]), hidden[0]
 
+    def update(self, features: Tensor, state: Tensor) -> Tensor:
+        """The new state (N, H) without the logits, for a step whose logits come from elsewhere
+        (`GFNetConfig.glance_logits`): the GRU still takes the step's features in."""
+        _, hidden = self.rnn(features.unsqueeze(0), state.unsqueeze(0).contiguous())  # (1, N, H)
+        return hidden[0]
+
 
 class CascadeClassifier(nn.Module):
     """`fc_1` on step-1 features, `fc_t` (Linear(t * F, K)) on the concatenation of steps 1..t."""
@@ -48,3 +54,7 @@ class CascadeClassifier(nn.Module):
         """features (N, F), state (N, (step-1) * F) -> logits (N, K), new state (N, step * F)."""
         state = torch.cat([state, features], dim=1)
         return getattr(self, f"fc_{step}")(state), state
+
+    def update(self, features: Tensor, state: Tensor) -> Tensor:
+        """The new state (N, step * F) without the logits (see `GRUClassifier.update`)."""
+        return torch.cat([state, features], dim=1)

@@ -49,6 +49,38 @@ _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         dropout=0.2,
         drop_connect=0.2,
     ),
+    # EfficientNet-B2/B3 as MobileNet-V3 (cascade, conv-form policy), dropout 0.3 (TRAINING_SPEC).
+    "efficientnet": dict(
+        classifier="cascade",
+        classifier_hidden=0,
+        policy_conv_channels=32,
+        policy_hidden=256,
+        policy_mlp_width=0,
+        dropout=0.3,
+        drop_connect=0.2,
+    ),
+    # DenseNet as ResNet: GRU classifier, flatten-form policy.
+    "densenet": dict(
+        classifier="gru",
+        classifier_hidden=1024,
+        policy_conv_channels=0,
+        policy_hidden=1024,
+        policy_mlp_width=2048,
+        dropout=0.0,
+        drop_connect=0.0,
+    ),
+    # RegNet-Y: GRU classifier, conv-form policy, step-1 logits from the global encoder's `fc`
+    # (the official inference.py; its train.py uses the GRU's, see GFNetConfig.glance_logits).
+    "regnety": dict(
+        classifier="gru",
+        classifier_hidden=1024,
+        policy_conv_channels=32,
+        policy_hidden=256,
+        policy_mlp_width=0,
+        glance_logits="encoder_head",
+        dropout=0.0,
+        drop_connect=0.0,
+    ),
     "tiny": dict(
         classifier="gru",
         classifier_hidden=128,
@@ -67,7 +99,16 @@ def _family(backbone: str) -> str:
 
 @dataclass(frozen=True)
 class GFNetConfig:
-    """Architecture of one GFNet. Fields left None take the backbone family's default."""
+    """Architecture of one GFNet. Fields left None take the backbone family's default.
+
+    `glance_logits` says where step 1's logits come from. "classifier": f_C, as at every later
+    step (ResNet, DenseNet, the tiny backbone; the cascade's `fc_1` is its own layer).
+    "encoder_head": the global encoder's own linear head on the glance's pooled features, as the
+    official `inference.py` does for RegNet (the family's default); f_C still takes the glance's
+    features into its state, so steps >= 2 are the same either way. The global encoder is then
+    always built with its head (whatever `encoder_heads` says), the step-1 cost counts it, and
+    training's step-1 loss scores that head (the official `train.py` scores the GRU instead).
+    """
 
     backbone: str = "tiny"
     num_classes: int = 10
@@ -82,10 +123,11 @@ class GFNetConfig:
     policy_hidden: int | None = None
     policy_mlp_width: int | None = None
     glance_interpolation: str = "bicubic"
+    glance_logits: str | None = None  # "classifier" | "encoder_head" (above); None: family default or "classifier"
     # Training only (identity in eval, so inference and the engine never see them):
     encoder_heads: bool = False  # each encoder's own linear head, for the auxiliary loss of Eq. 3
     dropout: float | None = None  # on the pooled features before the classifier and the heads
-    drop_connect: float | None = None  # stochastic depth in the encoders' residual blocks (MobileNet)
+    drop_connect: float | None = None  # stochastic depth in the encoders' residual blocks (MobileNet, EfficientNet)
 
     def resolved(self) -> GFNetConfig:
         """A copy with every None replaced by its default; checks the values."""
@@ -98,6 +140,8 @@ class GFNetConfig:
                 values[key] = default
         if values["glance_size"] is None:
             values["glance_size"] = self.patch_size
+        if values["glance_logits"] is None:
+            values["glance_logits"] = "classifier"
         cfg = GFNetConfig(**values)
         cfg._check()
         return cfg
@@ -117,6 +161,8 @@ class GFNetConfig:
             raise ConfigError("a 'gru' classifier needs classifier_hidden >= 1")
         if not self.policy_conv_channels and self.policy_mlp_width < 1:
             raise ConfigError("a flatten-form policy (policy_conv_channels=0) needs policy_mlp_width >= 1")
+        if self.glance_logits not in ("classifier", "encoder_head"):
+            raise ConfigError(f"glance_logits must be 'classifier' or 'encoder_head', got {self.glance_logits!r}")
         if self.glance_interpolation not in ("bilinear", "bicubic", "area", "nearest"):
             raise ConfigError(
                 f"glance_interpolation {self.glance_interpolation!r} is not one of bilinear, bicubic, area, nearest"
@@ -209,7 +255,10 @@ class GFNet(nn.Module):
                 f"{len(self.card.class_names)} class names given for a model with {cfg.num_classes} classes"
             )
         heads = cfg.num_classes if cfg.encoder_heads else None
-        self.global_encoder = build_backbone(cfg.backbone, heads, cfg.tiny_width, cfg.drop_connect)
+        # glance_logits="encoder_head" reads the global encoder's head at inference, so that one
+        # head exists whether or not the training-only heads were asked for.
+        global_heads = cfg.num_classes if cfg.glance_logits == "encoder_head" else heads
+        self.global_encoder = build_backbone(cfg.backbone, global_heads, cfg.tiny_width, cfg.drop_connect)
         self.local_encoder = build_backbone(cfg.backbone, heads, cfg.tiny_width, cfg.drop_connect)
         feat = self.global_encoder.feature_dim
         if cfg.classifier == "gru":
@@ -254,7 +303,7 @@ class GFNet(nn.Module):
         pooled, fmap = self.global_encoder(self.glance_input(images))  # (N, F), (N, C, h, w)
         pooled = F.dropout(pooled, self.config.dropout, self.global_encoder.training)  # as the encoder's own
         n = images.shape[0]
-        logits, cls_state = self.classifier.step(pooled, self.classifier.init_state(n, pooled), 1)
+        logits, cls_state = self.classify(pooled, self.classifier.init_state(n, pooled), 1)
         state = GFState(
             step=1,
             classifier=cls_state,
@@ -264,6 +313,19 @@ class GFNet(nn.Module):
             pooled=pooled,
         )
         return logits, state
+
+    def classify(self, pooled: Tensor, state: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """f_C at `step` on that step's pooled features (N, F) and classifier state -> logits
+        (N, K) and the new classifier state.
+
+        With `glance_logits="encoder_head"` the glance's logits are the global encoder's own
+        head on its pooled features (the official RegNet `inference.py`), while f_C still takes
+        the glance's features into its state, so steps >= 2 see the same history either way.
+        This is the one place the choice is made: glance, focus and the cost counter call it.
+        """
+        if step == 1 and self.config.glance_logits == "encoder_head":
+            return self.global_encoder.head(pooled), self.classifier.update(pooled, state)
+        return self.classifier.step(pooled, state, step)
 
     def locate(self, state: GFState) -> PolicyOutput:
         """Run the policy on the state's feature map: where the next focus step looks.
@@ -318,7 +380,7 @@ class GFNet(nn.Module):
         pooled, fmap = self.local_encoder(patches)
         pooled = F.dropout(pooled, self.config.dropout, self.local_encoder.training)
         step = state.step + 1
-        logits, cls_state = self.classifier.step(pooled, state.classifier, step)
+        logits, cls_state = self.classify(pooled, state.classifier, step)
         glimpses = torch.cat([state.glimpses, location.action.detach().to(pooled.dtype).unsqueeze(1)], 1)
         return logits, GFState(step, cls_state, location.hidden, fmap, glimpses, pooled)
 

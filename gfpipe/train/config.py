@@ -177,6 +177,12 @@ FAMILY_PRESETS: dict[str, dict[str, Any]] = {
         "stage1": {"epochs": 90, "encoder_lr": 0.005, "aux_weight": 5.0, "freeze_global": True},
         "stage3": {"epochs": 90, "encoder_lr": 0.005, "classifier_lr": 0.01, "aux_weight": 5.0, "freeze_global": True},
     },
+    # As MobileNet-V3 with 30 epochs; the paper skips stage III for EfficientNet (set
+    # stage3.epochs to run it with the same recipe).
+    "efficientnet": {
+        "stage1": {"epochs": 30, "encoder_lr": 0.005, "aux_weight": 5.0, "freeze_global": True},
+        "stage3": {"epochs": 0, "encoder_lr": 0.005, "classifier_lr": 0.01, "aux_weight": 5.0, "freeze_global": True},
+    },
 }
 
 

@@ -12,7 +12,12 @@ from .official_files import official_checkpoint, reference_input, reference_vect
 
 CASES = [
     ("resnet50", "resnet50_p96_T5_seed0.json"),
+    ("densenet121", "densenet121_p96_T5_seed0.json"),
+    ("regnety_600m", "regnety_600m_p96_T5_seed0.json"),
     ("mobilenetv3_large_100", "mobilenetv3_large_100_p96_T3_seed0.json"),
+    ("mobilenetv3_large_100", "mobilenetv3_large_100_p96_T3_seed0_rule2.json"),
+    ("mobilenetv3_large_125", "mobilenetv3_large_125_p128_T3_seed0_rule2.json"),
+    ("efficientnet_b2", "efficientnet_b2_p128_T4_seed0_rule2.json"),
 ]
 
 
@@ -26,10 +31,11 @@ def _file(ckpt: dict) -> bytes:
 def test_reproduces_official_forward(arch, vectors, tmp_path):
     ref = reference_vectors(vectors)
     path = tmp_path / f"{arch}.pth.tar"
-    path.write_bytes(_file(official_checkpoint(arch, ref["patch_size"], ref["T"])))
+    path.write_bytes(_file(official_checkpoint(arch, ref["patch_size"], ref["T"], rule=ref.get("rule", 1))))
     model = gfpipe.load_checkpoint(str(path))
     assert ref["T"] == model.config.T and model.config.patch_size == ref["patch_size"]
-    x = reference_input(ref["seed"], ref["n"])
+    assert model.config.input_size == ref.get("image_size", 224)
+    x = reference_input(ref["seed"], ref["n"], ref.get("image_size", 224))
     with torch.no_grad():
         logits, actions = model.anytime(x, return_locations=True)
     log_softmax = torch.log_softmax(logits, dim=-1)
