@@ -11,7 +11,10 @@ from gfpipe.commands.common import add_storage_arguments, console, int_at_least
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", metavar="YAML", help="training config: overrides of the defaults (see configs/*.yaml)"
+        "--config",
+        metavar="YAML|NAME",
+        help="training config: a YAML file of overrides of the defaults, or the name of one in configs/ "
+        "(resnet50, densenet121, regnety_600m, mobilenetv3, mobilenetv3_large_125, efficientnet_b2, demo, ...)",
     )
     parser.add_argument(
         "--set",

@@ -3,8 +3,11 @@
 How a run's configuration is resolved, last one winning:
 1. the dataclass defaults below (the paper's ResNet recipe where one applies);
 2. the backbone family's preset (`FAMILY_PRESETS`: TRAINING_SPEC.md's lambda, learning rates,
-   epochs, frozen global encoder, dropout);
-3. the YAML file (`--config`), holding only overrides, with strict keys;
+   weight decay, epochs, frozen global encoder, no stage III for EfficientNet, DenseNet's and
+   RegNet's bilinear glance); dropout and drop-connect are the model family's defaults
+   (`GFNetConfig`), filled in when the model is built;
+3. the YAML file (`--config`: a path, or a name such as `densenet121` for configs/densenet121.yaml),
+   holding only overrides, with strict keys;
 4. `--set key.path=value` overrides from the command line (values parsed as YAML).
 The resolved configuration is saved with every checkpoint (`to_dict`), so a model says exactly
 how it was trained. Storage credentials never enter it (they come from flags or the
@@ -15,12 +18,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from gfpipe.config import ConfigError, Preprocessing, from_dict, to_dict
+from gfpipe.model.backbones import BACKBONES
 from gfpipe.model.gfnet import GFNetConfig
 
 
@@ -169,25 +175,51 @@ class TrainConfig:
         return self
 
 
-# Per-family recipe overrides (TRAINING_SPEC.md); `tiny` follows ResNet's.
+# Per-family recipe overrides (TRAINING_SPEC.md), keyed by backbone-name prefix (`family_of`).
+# The dataclass defaults are ResNet's recipe: lambda 1, encoder LR 0.01, classifier LR 0.1 (0.01
+# in stage III), weight decay 1e-4, 60 epochs in stages I and III, 15 in stage II. Dropout and
+# drop-connect are architecture defaults (`gfpipe.model.gfnet._FAMILY_DEFAULTS`: MobileNet-V3
+# 0.2 / 0.2, EfficientNet 0.3 / 0.2, none elsewhere), resolved when the model is built.
+# Stage 0 (f_G fine-tuned at glance size; no official script) uses the family's encoder LR and
+# weight decay. `tiny` follows ResNet's recipe.
+_BILINEAR_GLANCE = {"model": {"glance_interpolation": "bilinear"}}  # as inference.py evaluates DenseNet/RegNet
+_FROZEN_GLOBAL = {"encoder_lr": 0.005, "aux_weight": 5.0, "freeze_global": True}
 FAMILY_PRESETS: dict[str, dict[str, Any]] = {
     "resnet": {},
-    "tiny": {},
+    "densenet": {**_BILINEAR_GLANCE},
+    "regnety": {
+        **_BILINEAR_GLANCE,
+        "stage0": {"encoder_lr": 0.02, "weight_decay": 5e-5},
+        "stage1": {"encoder_lr": 0.02, "weight_decay": 5e-5},
+        "stage3": {"encoder_lr": 0.02, "weight_decay": 5e-5},
+    },
     "mobilenetv3": {
-        "stage1": {"epochs": 90, "encoder_lr": 0.005, "aux_weight": 5.0, "freeze_global": True},
-        "stage3": {"epochs": 90, "encoder_lr": 0.005, "classifier_lr": 0.01, "aux_weight": 5.0, "freeze_global": True},
+        "stage0": {"encoder_lr": 0.005},
+        "stage1": {"epochs": 90, **_FROZEN_GLOBAL},
+        "stage3": {"epochs": 90, **_FROZEN_GLOBAL},
     },
     # As MobileNet-V3 with 30 epochs; the paper skips stage III for EfficientNet (set
     # stage3.epochs to run it with the same recipe).
     "efficientnet": {
-        "stage1": {"epochs": 30, "encoder_lr": 0.005, "aux_weight": 5.0, "freeze_global": True},
-        "stage3": {"epochs": 0, "encoder_lr": 0.005, "classifier_lr": 0.01, "aux_weight": 5.0, "freeze_global": True},
+        "stage0": {"encoder_lr": 0.005},
+        "stage1": {"epochs": 30, **_FROZEN_GLOBAL},
+        "stage3": {"epochs": 0, **_FROZEN_GLOBAL},
     },
+    "tiny": {},
 }
 
 
 def family_of(backbone: str) -> str:
-    return next((f for f in FAMILY_PRESETS if backbone.startswith(f)), "resnet")
+    """The recipe family (a `FAMILY_PRESETS` key) of a registered backbone: the longest key its
+    name starts with. An unknown backbone, or one without a recipe, is a ConfigError."""
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}; known backbones: {', '.join(sorted(BACKBONES))}")
+    families = [f for f in FAMILY_PRESETS if backbone.startswith(f)]
+    if not families:
+        raise ConfigError(
+            f"backbone {backbone!r} has no training recipe; families with one: {', '.join(sorted(FAMILY_PRESETS))}"
+        )
+    return max(families, key=len)
 
 
 def resolve_config(overrides: Mapping[str, Any] | None = None, sets: Sequence[str] = ()) -> TrainConfig:
@@ -195,8 +227,9 @@ def resolve_config(overrides: Mapping[str, Any] | None = None, sets: Sequence[st
     data = copy.deepcopy(dict(overrides or {}))
     for item in sets:
         _apply_set(data, item)
-    backbone = (data.get("model") or {}).get("backbone", GFNetConfig().backbone)
-    preset = copy.deepcopy(FAMILY_PRESETS.get(family_of(str(backbone)), {}))
+    section = data.get("model") or {}
+    backbone = section.get("backbone", GFNetConfig().backbone) if isinstance(section, Mapping) else "tiny"
+    preset = copy.deepcopy(FAMILY_PRESETS[family_of(str(backbone))])
     merged = _deep_merge(preset, data)
     model = merged.setdefault("model", {})
     model.setdefault("encoder_heads", True)
@@ -204,9 +237,11 @@ def resolve_config(overrides: Mapping[str, Any] | None = None, sets: Sequence[st
 
 
 def load_config(path: str | None, sets: Sequence[str] = ()) -> TrainConfig:
-    """`resolve_config` from a local YAML file of overrides (or none) plus `--set` strings."""
+    """`resolve_config` from a YAML file of overrides (or none) plus `--set` strings. `path` is a
+    local file, or a config's name (`find_config`: "densenet121" is configs/densenet121.yaml)."""
     overrides: dict[str, Any] = {}
     if path:
+        path = find_config(path)
         try:
             with open(path, encoding="utf-8") as fh:
                 overrides = yaml.safe_load(fh) or {}
@@ -217,6 +252,32 @@ def load_config(path: str | None, sets: Sequence[str] = ()) -> TrainConfig:
         if not isinstance(overrides, dict):
             raise ConfigError(f"{path} must hold a mapping of config keys, got {type(overrides).__name__}")
     return resolve_config(overrides, sets)
+
+
+def config_dirs() -> list[Path]:
+    """Where a config given by name is looked for: ./configs, then the configs/ folder of the
+    source checkout gfpipe runs from (a folder beside the package with a pyproject.toml)."""
+    dirs = [Path.cwd().resolve() / "configs"]
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and checkout / "configs" != dirs[0]:
+        dirs.append(checkout / "configs")
+    return dirs
+
+
+def find_config(value: str) -> str:
+    """A `--config` value as a file: a path (with a folder, a .yaml/.yml suffix, or an existing
+    file) as given; a bare name as NAME.yaml in the first of `config_dirs()` that has it."""
+    if "/" in value or os.sep in value or value.endswith((".yaml", ".yml")) or os.path.isfile(value):
+        return value
+    dirs = config_dirs()
+    for folder in dirs:
+        if (folder / f"{value}.yaml").is_file():
+            return str(folder / f"{value}.yaml")
+    names = sorted({f.stem for folder in dirs if folder.is_dir() for f in folder.glob("*.yaml")})
+    raise ConfigError(
+        f"no config named {value!r} in {' or '.join(map(str, dirs))}; "
+        f"named configs: {', '.join(names) or 'none'} (or give the path of a YAML file)"
+    )
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:

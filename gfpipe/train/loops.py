@@ -46,6 +46,19 @@ Batch = tuple[Tensor, Tensor]
 # ---------------------------------------------------------------------------------------------
 
 
+def _head_to_cascade(model: GFNet) -> None:
+    """A cascade's step-1 layer is the global encoder's own head (the official inference.py reads
+    step 1 from it): with the encoder frozen, copy the head in, so a model trained here (from
+    ImageNet weights or after stage 0, which trains that head) predicts with it at step 1
+    instead of with a layer nothing trains. Official imports already hold the copy."""
+    head = model.global_encoder.head
+    if head is None:
+        return
+    with torch.no_grad():
+        model.classifier.fc_1.weight.copy_(head.weight)
+        model.classifier.fc_1.bias.copy_(head.bias)
+
+
 class GlanceObjective(nn.Module):
     """Stage 0: the global encoder and its head on the glance, cross-entropy."""
 
@@ -202,6 +215,7 @@ class Trainer:
                 encoders += list(model.global_encoder.parameters())
             model.classifier.requires_grad_(True)
             if settings.freeze_global and model.config.classifier == "cascade":
+                _head_to_cascade(model)
                 model.classifier.fc_1.requires_grad_(False)  # the frozen encoder's own head (inference.py)
             classifier = [p for p in model.classifier.parameters() if p.requires_grad]
             objective = SupervisedObjective(model, settings)

@@ -69,11 +69,14 @@ def test_each_stage_trains_exactly_its_parts(stage):
 def test_a_frozen_global_encoder_and_its_cascade_head_stay_put():
     cfg = config(model={"classifier": "cascade", "classifier_hidden": 0}, stage1={"freeze_global": True, "epochs": 1})
     t = trainer(cfg)
-    glob, fc1 = snapshot(t.model.global_encoder), snapshot(t.model.classifier.fc_1)
-    fc2 = snapshot(t.model.classifier.fc_2)
+    head = t.model.global_encoder.head
+    assert not torch.equal(t.model.classifier.fc_1.weight, head.weight)  # fresh layers differ
+    glob, fc2 = snapshot(t.model.global_encoder), snapshot(t.model.classifier.fc_2)
     t.train_epoch("stage1", 0, random_batches())
     assert not changed(glob, t.model.global_encoder)  # weights and BatchNorm statistics
-    assert not changed(fc1, t.model.classifier.fc_1)
+    # step 1 predicts with the frozen encoder's own head, as inference.py does; nothing moves it
+    assert torch.equal(t.model.classifier.fc_1.weight, head.weight)
+    assert torch.equal(t.model.classifier.fc_1.bias, head.bias)
     assert changed(fc2, t.model.classifier.fc_2)
 
 
