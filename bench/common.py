@@ -1,4 +1,5 @@
-"""Shared helpers for benchmarks: the machine description and the results file."""
+"""Shared helpers for benchmarks: the machine description, the results file, the benchmarked
+GFNet configurations."""
 
 from __future__ import annotations
 
@@ -7,9 +8,37 @@ import json
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One benchmarked GFNet configuration: backbone, patch size, steps, input size."""
+
+    label: str  # as BENCHMARKS.md names the backbone
+    arch: str
+    patch: int
+    T: int
+    input_size: int = 224
+
+    def __str__(self) -> str:
+        size = f" (input {self.input_size})" if self.input_size != 224 else ""
+        return f"{self.label} p{self.patch} T{self.T}{size}"
+
+
+# One variant of each backbone family (`--family NAME` in costs.py and engine.py): the
+# configurations of the official GFNet checkpoints.
+FAMILIES = {
+    "resnet": Variant("ResNet-50", "resnet50", 96, 5),
+    "mobilenetv3": Variant("MobileNet-V3-Large", "mobilenetv3_large_100", 96, 3),
+    "mobilenetv3_125": Variant("MobileNet-V3-Large 1.25", "mobilenetv3_large_125", 128, 3),
+    "densenet": Variant("DenseNet-121", "densenet121", 96, 5),
+    "regnety": Variant("RegNet-Y-600MF", "regnety_600m", 96, 5),
+    "efficientnet": Variant("EfficientNet-B2", "efficientnet_b2", 128, 4, input_size=260),
+}
 
 
 def machine() -> dict:
@@ -77,3 +106,30 @@ def randomize_weights(model, seed: int = 0) -> None:
                 t.copy_(base + 0.1 * torch.randn(t.shape, generator=gen))
             else:
                 t.copy_(torch.randn(t.shape, generator=gen) / math.sqrt(max(1, t[0].numel())))
+
+
+def calibrate_batchnorm(model, forward) -> None:
+    """Re-estimate every BatchNorm's running statistics from the activations of `forward()`.
+
+    `randomize_weights` draws BN statistics that do not match what the layers really see; in deep
+    stacks of squeeze-excite blocks (EfficientNet) what differs between images then shrinks
+    layer by layer until every image gets the same logits, and every image exits at the same
+    step. Normalising each layer by its real statistics (as training leaves them) keeps them
+    apart. Only the BN layers switch to training mode (dropout and stochastic depth stay off);
+    `forward` should see a few dozen images.
+    """
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every call of forward()
+        m.train()
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+            m.eval()

@@ -21,10 +21,14 @@ would move it):
 
 Weights are random (`common.randomize_weights`, spread so that confidences vary between images):
 timing does not depend on them, and thresholds are solved on separate calibration images, so the
-exit histogram follows the budget. Before anything runs, glibc malloc is tuned in-process for
-both sides (`gfpipe.runtime.tune_allocator`); `--no-tune-allocator` shows the difference.
+exit histogram follows the budget. Where random BN statistics make every image score the same
+(EfficientNet), `--calibrate-bn` re-estimates them on calibration images
+(`common.calibrate_batchnorm`); the script warns when a step's scores barely vary. Before
+anything runs, glibc malloc is tuned in-process for both sides (`gfpipe.runtime.tune_allocator`);
+`--no-tune-allocator` shows the difference.
 
     PYTHONPATH=. python bench/engine.py [--arch resnet50 --patch 96 --T 5 --batch 16 --images 256]
+    PYTHONPATH=. python bench/engine.py --family densenet --images 256   (a family's variant; see --help)
     PYTHONPATH=. python bench/engine.py --device cuda --dtype bf16 --channels-last --batch 64
 Writes bench/results/NAME.json (git ignores it; BENCHMARKS.md carries the recorded figures).
 """
@@ -44,7 +48,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, randomize_weights, write_results  # noqa: E402
+from common import FAMILIES, Variant, calibrate_batchnorm, machine, randomize_weights, write_results  # noqa: E402
 
 from gfpipe.budget.costs import step_costs  # noqa: E402
 from gfpipe.budget.scores import exit_scores  # noqa: E402
@@ -73,7 +77,9 @@ class Setup:
         self.channels_last = args.channels_last
         self.batch = args.batch
         torch.manual_seed(0)
-        cfg = GFNetConfig(backbone=args.arch, num_classes=1000, patch_size=args.patch, T=args.T)
+        cfg = GFNetConfig(
+            backbone=args.arch, num_classes=1000, input_size=args.input_size, patch_size=args.patch, T=args.T
+        )
         model = GFNet(cfg).eval()
         randomize_weights(model)
         self.model = model.to(self.device)
@@ -86,6 +92,8 @@ class Setup:
         self.calibration = self._place(torch.randn(shape, generator=gen))
         self.x = self._place(torch.randn(shape, generator=gen))
         self.keys = [str(i) for i in range(args.images)]
+        if args.calibrate_bn:
+            calibrate_batchnorm(self.model, lambda: self.model.anytime(self.calibration[:64]))
 
     def _place(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
@@ -194,15 +202,23 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def fmt(s: dict, digits: int = 3) -> str:
-    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
+def fmt(s: dict, digits: int = 3, dash: str = "-") -> str:
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}{dash}{s['max']:.{digits}f}]"
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        help="take --arch, --patch, --T and --input-size (unless given) from one variant of the family: "
+        + "; ".join(f"{name}: {variant}" for name, variant in FAMILIES.items())
+        + "; results in engine_FAMILY_bBATCH unless --name",
+    )
     parser.add_argument("--arch", default="resnet50")
     parser.add_argument("--patch", type=int, default=96)
     parser.add_argument("--T", type=int, default=5)
+    parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument(
@@ -223,72 +239,73 @@ def main() -> None:
         action="store_false",
         help="leave glibc malloc's defaults (to measure what tune_allocator changes)",
     )
+    parser.add_argument(
+        "--calibrate-bn",
+        action="store_true",
+        help="after randomizing the weights, re-estimate BatchNorm statistics on 64 calibration images "
+        "(for backbones whose random weights give every image nearly the same scores: EfficientNet, MobileNet-V3)",
+    )
     parser.add_argument("--name", default="engine", help="results file bench/results/NAME.json")
-    args = parser.parse_args()
-    if args.tune_allocator:
-        allocator = tune_allocator() or "defaults (not glibc: nothing to tune)"
-    else:
-        allocator = "glibc defaults (--no-tune-allocator)"
+    known, _ = parser.parse_known_args(argv)
+    if known.family:
+        v = FAMILIES[known.family]
+        name = f"engine_{known.family}_b{known.batch}"
+        parser.set_defaults(arch=v.arch, patch=v.patch, T=v.T, input_size=v.input_size, name=name)
+    return parser.parse_args(argv)
 
-    s = Setup(args)
-    costs = np.array(step_costs(s.model))
-    target = costs[0] + args.budget_share * (costs[-1] - costs[0])
-    eta = solve_thresholds(costs, s.scores(s.calibration), target).thresholds
+
+FLAT_SCORES = 1e-4  # a score moves by about 1e-5 with batch composition and float rounding
+
+
+def flat_steps(scores: np.ndarray) -> list[int]:
+    """Steps (1..T) at which the calibration images' exit scores differ by less than FLAT_SCORES:
+    there rounding, not the image, decides which images exit (when all are equal, all exit or
+    none), and the exit histogram says little about the engine."""
+    return [t + 1 for t in range(scores.shape[1]) if np.ptp(scores[:, t]) < FLAT_SCORES]
+
+
+def one_round(s: Setup, eta: np.ndarray, costs: np.ndarray, r: int) -> dict:
+    """Round r: the three sides back to back (baseline first in even rounds), and its ratios."""
+    sides = ["baseline", "steps", "engine"] if r % 2 == 0 else ["engine", "steps", "baseline"]
+    run = {
+        "baseline": lambda: s.baseline(s.x),
+        "steps": lambda: s.steps(s.x),
+        "engine": lambda: s.engine(s.x, eta),
+    }
+    got, faults = {}, {}
+    for side in sides:
+        got[side], faults[side] = timed_faults(run[side])
     n = len(s.x)
+    t_base, step_seconds = got["baseline"], got["steps"]
+    t_engine, engine = got["engine"]
+    exits = np.array(engine.stats.exits)
+    reaching = exits[::-1].cumsum()[::-1]  # images that run step t
+    predicted_engine = float(reaching @ np.array(step_seconds)) / s.batch
+    predicted_base = n * sum(step_seconds) / s.batch
+    theoretical = costs[-1] * n / float(exits @ costs)
+    return {
+        "order": sides,
+        "seconds_all_steps": t_base,
+        "seconds_engine": t_engine,
+        "seconds_engine_predicted": predicted_engine,
+        "seconds_all_steps_predicted": predicted_base,
+        "full_batch_step_seconds": step_seconds,
+        "theoretical_speedup": theoretical,
+        "realized_speedup": t_base / t_engine,
+        "realized_over_theoretical": t_base / t_engine / theoretical,
+        "batch_efficiency": predicted_engine / t_engine,
+        "overhead_free_realized_over_theoretical": t_base / predicted_engine / theoretical,
+        "prediction_over_baseline": predicted_base / t_base,
+        "minor_faults": faults,
+        "exits": exits.tolist(),
+        "calls": len(engine.stats.calls),
+        "partial_calls": sum(1 for _, size in engine.stats.calls if size != s.batch),
+    }
 
-    # Warm-up: every side once (the engine over all images, so its partial-batch shapes are seen).
-    s.baseline(s.x[: 2 * args.batch])
-    s.steps(s.x[: 2 * args.batch])
-    s.engine(s.x, eta)
 
-    rounds = []
-    for r in range(args.repeats):
-        sides = ["baseline", "steps", "engine"] if r % 2 == 0 else ["engine", "steps", "baseline"]
-        got, faults = {}, {}
-        for side in sides:
-            run = {
-                "baseline": lambda: s.baseline(s.x),
-                "steps": lambda: s.steps(s.x),
-                "engine": lambda: s.engine(s.x, eta),
-            }[side]
-            got[side], faults[side] = timed_faults(run)
-        t_base, step_seconds = got["baseline"], got["steps"]
-        t_engine, engine = got["engine"]
-        exits = np.array(engine.stats.exits)
-        reaching = exits[::-1].cumsum()[::-1]  # images that run step t
-        predicted_engine = float(reaching @ np.array(step_seconds)) / args.batch
-        predicted_base = n * sum(step_seconds) / args.batch
-        theoretical = costs[-1] * n / float(exits @ costs)
-        rounds.append(
-            {
-                "order": sides,
-                "seconds_all_steps": t_base,
-                "seconds_engine": t_engine,
-                "seconds_engine_predicted": predicted_engine,
-                "seconds_all_steps_predicted": predicted_base,
-                "full_batch_step_seconds": step_seconds,
-                "theoretical_speedup": theoretical,
-                "realized_speedup": t_base / t_engine,
-                "realized_over_theoretical": t_base / t_engine / theoretical,
-                "batch_efficiency": predicted_engine / t_engine,
-                "overhead_free_realized_over_theoretical": t_base / predicted_engine / theoretical,
-                "prediction_over_baseline": predicted_base / t_base,
-                "minor_faults": faults,
-                "exits": exits.tolist(),
-                "calls": len(engine.stats.calls),
-                "partial_calls": sum(1 for _, size in engine.stats.calls if size != args.batch),
-            }
-        )
-        last = rounds[-1]
-        print(
-            f"round {r + 1}/{args.repeats} ({', '.join(sides)}): all steps {t_base:.3f} s, engine "
-            f"{t_engine:.3f} s (predicted {predicted_engine:.3f} s), r/t {last['realized_over_theoretical']:.3f}, "
-            f"batch eff {last['batch_efficiency']:.3f}, pred/base {last['prediction_over_baseline']:.3f}, "
-            f"minor faults {faults}",
-            flush=True,
-        )
-
-    per_round = {
+def summarize(rounds: list[dict]) -> dict:
+    """median [min-max] over rounds of every per-round figure."""
+    return {
         key: spread([r[key] for r in rounds])
         for key in (
             "realized_over_theoretical",
@@ -302,15 +319,51 @@ def main() -> None:
             "seconds_engine_predicted",
         )
     }
+
+
+def label(args: argparse.Namespace) -> str:
+    """The model as BENCHMARKS.md's engine table names it, e.g. "DenseNet-121 p96 T5"."""
+    name = next((v.label for v in FAMILIES.values() if v.arch == args.arch), args.arch)
+    return str(Variant(name, args.arch, args.patch, args.T, args.input_size))
+
+
+def table_row(args: argparse.Namespace, per_round: dict, exits: list[int]) -> str:
+    """One row of BENCHMARKS.md's engine table; goals met in bold."""
+
+    def goal(key: str, floor: float) -> str:
+        text = fmt(per_round[key], dash="–")
+        return f"**{text}**" if per_round[key]["median"] >= floor else f"{text} (misses {floor})"
+
+    cells = [
+        label(args),
+        str(args.batch),
+        str(args.images),
+        "/".join(str(e) for e in exits),
+        f"{per_round['seconds_all_steps']['median']:.2f} s",
+        f"{per_round['seconds_engine']['median']:.2f} s",
+        f"{per_round['theoretical_speedup']['median']:.3f}",
+        goal("realized_over_theoretical", 0.9),
+        fmt(per_round["overhead_free_realized_over_theoretical"], dash="–"),
+        goal("batch_efficiency", 0.95),
+        fmt(per_round["prediction_over_baseline"], dash="–"),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def results(
+    args: argparse.Namespace, rounds: list[dict], per_round: dict, costs: np.ndarray, target: float, allocator: str
+) -> dict:
+    """The figures written to bench/results/NAME.json."""
+    n = args.images
     exits = rounds[-1]["exits"]
     macs_engine = float(np.array(exits) @ costs)
-    figures = {
+    return {
         **{key: value["median"] for key, value in per_round.items()},
         "spread": {key: [value["min"], value["max"]] for key, value in per_round.items()},
         "method": "median of per-round ratios over interleaved rounds (baseline, steps, engine; order "
         "alternating), spread = min-max over rounds",
         "full_batch_step_seconds": [
-            statistics.median(r["full_batch_step_seconds"][t] for r in rounds) for t in range(s.T)
+            statistics.median(r["full_batch_step_seconds"][t] for r in rounds) for t in range(len(costs))
         ],
         "macs_all_steps": float(costs[-1] * n),
         "macs_engine": macs_engine,
@@ -325,23 +378,68 @@ def main() -> None:
         "allocator": allocator,
         "rounds": rounds,
         "config": {
+            "family": args.family,
             "arch": args.arch,
             "patch": args.patch,
             "T": args.T,
+            "input_size": args.input_size,
             "batch": args.batch,
             "images": args.images,
             "budget_share": args.budget_share,
             "repeats": args.repeats,
-            "device": str(s.device),
+            "device": str(torch.device(args.device)),
             "dtype": args.dtype,
             "channels_last": args.channels_last,
+            "calibrate_bn": args.calibrate_bn,
         },
     }
+
+
+def main() -> None:
+    args = parse_args()
+    if args.tune_allocator:
+        allocator = tune_allocator() or "defaults (not glibc: nothing to tune)"
+    else:
+        allocator = "glibc defaults (--no-tune-allocator)"
+
+    s = Setup(args)
+    costs = np.array(step_costs(s.model))
+    target = costs[0] + args.budget_share * (costs[-1] - costs[0])
+    calibration_scores = s.scores(s.calibration)
+    flat = flat_steps(calibration_scores)
+    if flat:
+        print(
+            f"WARNING: at step(s) {flat} the calibration scores differ by less than {FLAT_SCORES} between images, "
+            "so rounding decides the exits; --calibrate-bn spreads them",
+            flush=True,
+        )
+    eta = solve_thresholds(costs, calibration_scores, target).thresholds
+
+    # Warm-up: every side once (the engine over all images, so its partial-batch shapes are seen).
+    s.baseline(s.x[: 2 * args.batch])
+    s.steps(s.x[: 2 * args.batch])
+    s.engine(s.x, eta)
+
+    rounds = []
+    for r in range(args.repeats):
+        rounds.append(one_round(s, eta, costs, r))
+        last = rounds[-1]
+        print(
+            f"round {r + 1}/{args.repeats} ({', '.join(last['order'])}): all steps {last['seconds_all_steps']:.3f} s, "
+            f"engine {last['seconds_engine']:.3f} s (predicted {last['seconds_engine_predicted']:.3f} s), "
+            f"r/t {last['realized_over_theoretical']:.3f}, batch eff {last['batch_efficiency']:.3f}, "
+            f"pred/base {last['prediction_over_baseline']:.3f}, minor faults {last['minor_faults']}",
+            flush=True,
+        )
+
+    per_round = summarize(rounds)
+    figures = results(args, rounds, per_round, costs, target, allocator)
+    figures["flat_score_steps"] = flat
     print(f"machine: {machine()}")
     layout = ", channels_last" if args.channels_last else ""
     print(
-        f"{args.arch} p={args.patch} T={args.T} batch {args.batch}, {n} images on {s.device} ({args.dtype}{layout}), "
-        f"exits per step {exits}, allocator {figures['allocator']}"
+        f"{label(args)}, batch {args.batch}, {args.images} images on {s.device} ({args.dtype}{layout}), "
+        f"exits per step {figures['exits']}, allocator {figures['allocator']}"
     )
     print(f"median [min-max] over {args.repeats} rounds:")
     print(
@@ -357,6 +455,7 @@ def main() -> None:
     print(f"  batch efficiency              {fmt(per_round['batch_efficiency'])} (goal >= 0.95)")
     print(f"  prediction / baseline         {fmt(per_round['prediction_over_baseline'])} (about 1)")
     print(f"  minor page faults per run     {figures['minor_faults_per_run']}")
+    print(f"BENCHMARKS.md row:\n{table_row(args, per_round, figures['exits'])}")
     print(f"wrote {write_results(args.name, figures, GOALS)}")
 
 
