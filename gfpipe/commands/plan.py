@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from gfpipe.commands.common import (
+    _budget_type,
     add_official_checkpoint_arguments,
     add_storage_arguments,
     checkpoint_overrides,
@@ -74,19 +75,6 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _budget(kind: str):
-    def convert(text: str) -> Any:
-        from gfpipe.budget.grammar import parse_budget
-
-        try:
-            return parse_budget(text, kind)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = f"{kind} budget"
-    return convert
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gfpipe.capacity import ACTOR_SECONDS, FIXED_SECONDS, PIPELINE_CORE_SECONDS
 
@@ -99,12 +87,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument(
-        "--budget", dest="budget", type=_budget("mean"), metavar="MACS", help="mean Multiply-Adds per image: 9M, 1.2G"
+        "--budget",
+        dest="budget",
+        type=_budget_type("mean"),
+        metavar="MACS",
+        help="mean Multiply-Adds per image: 9M, 1.2G",
     )
     budget.add_argument(
         "--budget-total",
         dest="budget",
-        type=_budget("total"),
+        type=_budget_type("total"),
         metavar="MACS",
         help="Multiply-Adds for the whole archive, divided by its images: 3.5P",
     )
