@@ -28,55 +28,27 @@ from gfpipe.model.classifier import CascadeClassifier, GRUClassifier
 from gfpipe.model.patches import extract_patches, patch_corners
 from gfpipe.model.policy import PatchPolicy, PolicyOutput
 
-# Per-backbone defaults for the fields left as None in GFNetConfig (the official choices for
-# ResNet and MobileNet-V3; small ones for the tiny test/demo backbone).
+# Per-backbone defaults for the fields left as None in GFNetConfig (the official choices for each
+# published family; small ones for the tiny test/demo backbone). Two classifier/policy forms:
+# a GRU classifier with the flatten-form policy (ResNet, DenseNet), and the cascade with the
+# conv-form policy (MobileNet-V3, EfficientNet).
+_GRU_FLATTEN = dict(
+    classifier="gru", classifier_hidden=1024, policy_conv_channels=0, policy_hidden=1024, policy_mlp_width=2048
+)
+_CASCADE_CONV = dict(
+    classifier="cascade", classifier_hidden=0, policy_conv_channels=32, policy_hidden=256, policy_mlp_width=0
+)
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "resnet": dict(
-        classifier="gru",
-        classifier_hidden=1024,
-        policy_conv_channels=0,
-        policy_hidden=1024,
-        policy_mlp_width=2048,
-        dropout=0.0,
-        drop_connect=0.0,
-    ),
-    "mobilenetv3": dict(
-        classifier="cascade",
-        classifier_hidden=0,
-        policy_conv_channels=32,
-        policy_hidden=256,
-        policy_mlp_width=0,
-        dropout=0.2,
-        drop_connect=0.2,
-    ),
-    # EfficientNet-B2/B3 as MobileNet-V3 (cascade, conv-form policy), dropout 0.3 (TRAINING_SPEC).
-    "efficientnet": dict(
-        classifier="cascade",
-        classifier_hidden=0,
-        policy_conv_channels=32,
-        policy_hidden=256,
-        policy_mlp_width=0,
-        dropout=0.3,
-        drop_connect=0.2,
-    ),
-    # DenseNet as ResNet: GRU classifier, flatten-form policy.
-    "densenet": dict(
-        classifier="gru",
-        classifier_hidden=1024,
-        policy_conv_channels=0,
-        policy_hidden=1024,
-        policy_mlp_width=2048,
-        dropout=0.0,
-        drop_connect=0.0,
-    ),
+    "resnet": dict(**_GRU_FLATTEN, dropout=0.0, drop_connect=0.0),
+    "densenet": dict(**_GRU_FLATTEN, dropout=0.0, drop_connect=0.0),
+    "mobilenetv3": dict(**_CASCADE_CONV, dropout=0.2, drop_connect=0.2),
+    "efficientnet": dict(**_CASCADE_CONV, dropout=0.3, drop_connect=0.2),  # TRAINING_SPEC
     # RegNet-Y: GRU classifier, conv-form policy, step-1 logits from the global encoder's `fc`
     # (the official inference.py; its train.py uses the GRU's, see GFNetConfig.glance_logits).
     "regnety": dict(
+        _CASCADE_CONV,
         classifier="gru",
         classifier_hidden=1024,
-        policy_conv_channels=32,
-        policy_hidden=256,
-        policy_mlp_width=0,
         glance_logits="encoder_head",
         dropout=0.0,
         drop_connect=0.0,

@@ -127,3 +127,23 @@ def assert_engine_matches_reference(vectors: str) -> None:
         assert row["confidence"] == pytest.approx(log_softmax[t - 1, i].max().exp().item(), rel=1e-3)
         actions = torch.tensor(ref["actions"])[: t - 1, i]  # (t-1, 2)
         assert row["glimpses"] == patch_corners(actions, cfg.input_size, cfg.patch_size).tolist()
+
+
+def assert_official_file_loads_and_runs(arch: str, head_key: str, map_channels: int) -> gfpipe.GFNet:
+    """An official file of `arch` built from checkpoint_keys.json (not gfpipe's modules) loads
+    strictly, keeps the global encoder's head (`head_key` in the prime state dict), and a glance
+    and a focus step on one 224 px image give finite (1, 1000) logits; returns the model."""
+    raw = official_checkpoint(arch, patch_size=96, T=3)
+    buffer = io.BytesIO()
+    torch.save(raw, buffer)
+    model = gfpipe.load_checkpoint(buffer.getvalue())
+    assert model.config.T == 3
+    assert torch.equal(model.global_encoder.head.weight, raw["model_prime_state_dict"][f"module.{head_key}"])
+    x = reference_input(0, 1)
+    with torch.no_grad():
+        logits, state = model.glance(x)
+        assert state.features.shape == (1, map_channels, 3, 3)
+        logits2, state = model.focus(x, state)
+    assert logits.shape == logits2.shape == (1, 1000)
+    assert torch.isfinite(logits).all() and torch.isfinite(logits2).all() and state.step == 2
+    return model
