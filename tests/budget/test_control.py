@@ -283,3 +283,18 @@ def test_admissions_add_up_across_workers_and_resume_with_nothing_in_flight():
     resumed = BudgetController(COSTS, TARGET, np.random.default_rng(0).random((100, T)))
     resumed.load_state_dict(controller.state_dict())
     assert resumed.in_flight == 0 and resumed.images == 3
+
+
+@pytest.mark.parametrize("calibration_ease, stream_ease", [(EASY, HARD), (HARD, EASY)])
+def test_jobs_of_a_few_thousand_images_land_under_the_ceiling_whatever_the_shadow_sample(calibration_ease, stream_ease):
+    """A 3000-image job through engine-like pools, over 12 shadow samples. With nothing left to
+    admit, a payback horizon of one image turned a projected miss of a few images' cost into
+    all-exit (or no-exit) thresholds that the images in flight then took: such jobs landed up to
+    1.8% over (and the classify job 2.1% under) depending on the sample. In-flight images count
+    in the horizon, so every sample lands within 2% and never 1% over."""
+    errors = []
+    for seed in range(12):
+        calibration, stream = data(calibration_ease, stream_ease, seed)
+        controller = BudgetController(COSTS, TARGET, calibration, total_images=3000, seed=seed)
+        errors.append(run_pools(controller, stream[:3000], batch=64) / TARGET - 1)
+    assert min(errors) > -0.02 and max(errors) < 0.01, np.round(errors, 4)
