@@ -495,8 +495,6 @@ def _dataset(
 
     from gfpipe.classify.reading import read_shards
 
-    ledger = ray.get_actor(_ledger_name(run_id))
-    share, seed = ray.get(ledger.shadow.remote())
     ledger_name = _ledger_name(run_id)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
@@ -534,8 +532,6 @@ def _dataset(
             "bf16": config.bf16,
             "channels_last": config.channels_last,
             "top_k": config.top_k,
-            "shadow_share": share,
-            "seed": seed,
             "fault": fault,
         },
     )

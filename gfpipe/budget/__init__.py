@@ -1,5 +1,9 @@
 """Per-step costs, the budget-to-thresholds solver and online budget control (torch/numpy only)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from gfpipe.budget.control import (
     BudgetController,
     BudgetReport,
@@ -14,7 +18,6 @@ from gfpipe.budget.grammar import (
     format_duration,
     parse_budget,
 )
-from gfpipe.budget.scores import confidence_from_score, exit_scores, scores_from_confidences
 from gfpipe.budget.solver import (
     SimulationResult,
     ThresholdSolution,
@@ -26,6 +29,22 @@ from gfpipe.budget.solver import (
     thresholds_msdnet,
     thresholds_reference,
 )
+
+# The score functions take torch tensors: they load on first use, so that the budget ledger's
+# process (control and solver, numpy only) does not import torch.
+_LAZY_SCORES = ("confidence_from_score", "exit_scores", "scores_from_confidences")
+
+if TYPE_CHECKING:
+    from gfpipe.budget.scores import confidence_from_score, exit_scores, scores_from_confidences
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY_SCORES:
+        raise AttributeError(f"module 'gfpipe.budget' has no attribute {name!r}")
+    from gfpipe.budget import scores
+
+    return getattr(scores, name)
+
 
 __all__ = [
     "Budget",

@@ -102,8 +102,6 @@ class ClassifyReplica:
         bf16: bool,
         channels_last: bool,
         top_k: int,
-        shadow_share: float,
-        seed: int,
         fault: str = "",
     ) -> None:
         import ray
@@ -127,7 +125,9 @@ class ClassifyReplica:
         self.bf16 = bf16 and self.device.type == "cuda"
         self.channels_last = channels_last and self.device.type == "cuda"
         self.top_k = top_k
-        self.shadow_share, self.seed = shadow_share, seed
+        # The shadow sample's share and seed come from the ledger (the one place that sizes the
+        # share), asked here so that the driver never waits for the ledger to start.
+        self.shadow_share, self.seed = ray.get(self.ledger.shadow.remote())
         context = ray.get_runtime_context()
         self.node = f"{ray.util.get_node_ip_address()}/{context.get_node_id()[:8]}"
         self.calls = 0
