@@ -34,6 +34,7 @@ from gfpipe.data.io import (
     storage_error,
     to_uri,
 )
+from gfpipe.data.tar_headers import TarMember, list_plain_tar
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ LABEL_EXTENSIONS = ("cls", "label")
 _SPOOL_BYTES = 64 * 2**20
 _COPY_CHUNK = 8 * 2**20
 _WDS_NAME = re.compile(r"^((?:.*/)?[^./][^/]*?)\.([^/]+)$")
+TarEntry = TarMember | tarfile.TarInfo  # name, offset_data, size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -428,11 +430,24 @@ def _gunzip(src: BinaryIO, dst: BinaryIO) -> None:
     dst.write(inflater.flush())
 
 
-def _index_tar(fh: BinaryIO) -> tuple[OrderedDict[str, dict[str, tarfile.TarInfo]], str | None]:
-    """Map sample key -> {extension: member}, in order of first appearance; plus a problem text."""
-    samples: OrderedDict[str, dict[str, tarfile.TarInfo]] = OrderedDict()
+def _index_tar(fh: BinaryIO) -> tuple[OrderedDict[str, dict[str, TarEntry]], str | None]:
+    """Map sample key -> {extension: member}, in order of first appearance; plus a problem text.
+
+    Plain tars are listed from their headers (`list_plain_tar`); anything else through tarfile.
+    """
     fh.seek(0, 2)
     size = fh.tell()
+    members = list_plain_tar(fh, size)
+    if members is None:
+        return _index_tar_with_tarfile(fh, size)
+    samples: OrderedDict[str, dict[str, TarEntry]] = OrderedDict()
+    for member in members:
+        _add_member(samples, member)
+    return samples, None
+
+
+def _index_tar_with_tarfile(fh: BinaryIO, size: int) -> tuple[OrderedDict[str, dict[str, TarEntry]], str | None]:
+    samples: OrderedDict[str, dict[str, TarEntry]] = OrderedDict()
     fh.seek(0)
     problem = None
     try:
@@ -443,12 +458,7 @@ def _index_tar(fh: BinaryIO) -> tuple[OrderedDict[str, dict[str, tarfile.TarInfo
                 if member.offset_data + member.size > size:
                     problem = f"truncated tar (member {member.name} cut short)"
                     break
-                match = _WDS_NAME.match(member.name)
-                if not match:
-                    log.debug("skipping tar member without key.extension name: %s", member.name)
-                    continue
-                key, ext = match.group(1), match.group(2).lower()
-                samples.setdefault(key, {})[ext] = member
+                _add_member(samples, member)
     except tarfile.ReadError as exc:
         problem = "not a tar file" if not samples else f"truncated or corrupt tar ({exc})"
     except (EOFError, OSError) as exc:
@@ -456,9 +466,16 @@ def _index_tar(fh: BinaryIO) -> tuple[OrderedDict[str, dict[str, tarfile.TarInfo
     return samples, problem
 
 
-def _wds_record(
-    shard: Shard, key: str, parts: dict[str, tarfile.TarInfo], fh: BinaryIO, options: ReadOptions
-) -> RawRecord:
+def _add_member(samples: OrderedDict[str, dict[str, TarEntry]], member: TarEntry) -> None:
+    match = _WDS_NAME.match(member.name)
+    if not match:
+        log.debug("skipping tar member without key.extension name: %s", member.name)
+        return
+    key, ext = match.group(1), match.group(2).lower()
+    samples.setdefault(key, {})[ext] = member
+
+
+def _wds_record(shard: Shard, key: str, parts: dict[str, TarEntry], fh: BinaryIO, options: ReadOptions) -> RawRecord:
     record_key = f"{shard.uri}#{key}"
     image_ext = next((ext for ext in IMAGE_EXTENSIONS if ext in parts), None)
     metadata = None
@@ -482,7 +499,7 @@ def _wds_record(
     return RawRecord(record_key, shard.uri, data, label, metadata, None, unknown)
 
 
-def _member_bytes(fh: BinaryIO, member: tarfile.TarInfo) -> bytes:
+def _member_bytes(fh: BinaryIO, member: TarEntry) -> bytes:
     fh.seek(member.offset_data)
     return fh.read(member.size)
 
