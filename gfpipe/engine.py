@@ -191,6 +191,7 @@ class EarlyExitEngine:
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         controller: Any = None,
+        step_macs: Sequence[float] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -205,7 +206,11 @@ class EarlyExitEngine:
         self.batch_size = batch_size
         self.T = model.config.T
         self.top_k = min(top_k, model.config.num_classes)
-        self.costs = step_costs(model)
+        # Counting the costs is a model trace on the meta device, about 0.8 s the first time in a
+        # process: a caller that already knows them (the classify job's driver) passes them.
+        self.costs = list(step_costs(model) if step_macs is None else step_macs)
+        if len(self.costs) != self.T:
+            raise ValueError(f"step_macs has {len(self.costs)} entries, the model T={self.T}")
         self.controller = controller
         if controller is None:
             if thresholds is None:

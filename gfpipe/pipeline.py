@@ -234,7 +234,7 @@ def _classify_shards(
         split = {item["uri"]: item["pieces"] for item in items if item["pieces"] > 1}
         if split:
             log.info("%d large shards split for reading into %d pieces", len(split), sum(split.values()))
-        for batch in _dataset(config, items, shape, run_id, fault, model.card.preprocessing).iter_batches(
+        for batch in _dataset(config, items, shape, run_id, fault, model.card.preprocessing, macs).iter_batches(
             batch_size=None, batch_format="numpy"
         ):
             for i in range(len(batch["sid"])):
@@ -488,7 +488,13 @@ def _start_ledger(
 
 
 def _dataset(
-    config: ClassifyConfig, items: list[dict[str, Any]], shape: PoolShape, run_id: str, fault: str, preprocessing: Any
+    config: ClassifyConfig,
+    items: list[dict[str, Any]],
+    shape: PoolShape,
+    run_id: str,
+    fault: str,
+    preprocessing: Any,
+    macs: np.ndarray,
 ) -> Any:
     import ray
     import ray.data
@@ -532,6 +538,7 @@ def _dataset(
             "bf16": config.bf16,
             "channels_last": config.channels_last,
             "top_k": config.top_k,
+            "step_macs": macs.tolist(),
             "fault": fault,
         },
     )

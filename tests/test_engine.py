@@ -293,6 +293,20 @@ def test_bad_arguments_are_refused():
     assert len(half) == 1
 
 
+def test_step_costs_given_by_the_caller_are_the_rows_macs():
+    """The classify job passes the costs its driver counted (counting again costs a replica about
+    0.8 s before its first image); rows then carry exactly those."""
+    model = tiny_model()
+    given = [10.0, 20.0, 30.0, 40.0]
+    rows = list(
+        EarlyExitEngine(model, [0.0] * T, batch_size=4, step_macs=given).run(batched(keys_of(8), images(8, 0), 4))
+    )
+    assert {row["macs"] for row in rows} <= set(given) and len(rows) == 8
+    assert [row["macs"] for row in rows] == [given[row["exit_step"] - 1] for row in rows]
+    with pytest.raises(ValueError, match="step_macs has 2 entries"):
+        EarlyExitEngine(model, [0.5] * T, batch_size=4, step_macs=[1.0, 2.0])
+
+
 def test_controller_shadow_images_run_all_steps_and_are_reported():
     model = tiny_model()
     calibration = exit_scores(model.anytime(images(64, seed=1))).T.numpy()

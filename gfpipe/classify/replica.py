@@ -102,6 +102,7 @@ class ClassifyReplica:
         bf16: bool,
         channels_last: bool,
         top_k: int,
+        step_macs: Sequence[float] | None = None,
         fault: str = "",
     ) -> None:
         import ray
@@ -125,6 +126,7 @@ class ClassifyReplica:
         self.bf16 = bf16 and self.device.type == "cuda"
         self.channels_last = channels_last and self.device.type == "cuda"
         self.top_k = top_k
+        self.step_macs = step_macs  # counted by the driver: the engine need not count them again
         # The shadow sample's share and seed come from the ledger (the one place that sizes the
         # share), asked here so that the driver never waits for the ledger to start.
         self.shadow_share, self.seed = ray.get(self.ledger.shadow.remote())
@@ -170,6 +172,7 @@ class ClassifyReplica:
             autocast_dtype=torch.bfloat16 if self.bf16 else None,
             channels_last=self.channels_last,
             controller=client,
+            step_macs=self.step_macs,
         )
         client.keys = keys
         by_position: dict[int, dict[str, Any]] = {}
