@@ -22,7 +22,7 @@ With `--device cuda` (no Ray there): only the engine part, in bf16 autocast + ch
 the demo model and a ResNet-50 GFNet (random weights, p = 96, T = 5), with images/s and the GPU's
 busy share (NVML utilisation sampled every 50 ms, when nvidia-ml-py is installed).
 
-    PYTHONPATH=. .venv/bin/python bench/pipeline.py [--images 16000 --rounds 3 --batches-per-call 4]
+    PYTHONPATH=. .venv/bin/python bench/pipeline.py [--images 16000 --rounds 3 --batches-per-call 4 --no-sweep]
     PYTHONPATH=. python bench/pipeline.py --device cuda          # on a GPU machine
 """
 
@@ -74,7 +74,13 @@ def decoded(data: str, prep) -> tuple[list[str], np.ndarray, float]:
     started = time.perf_counter()
     keys, blocks = [], []
     for shard in discover_shards(data):
-        batch = {"uri": np.array([shard.uri]), "format": np.array([shard.format]), "sid": np.array(["bench"])}
+        batch = {
+            "uri": np.array([shard.uri]),
+            "format": np.array([shard.format]),
+            "sid": np.array(["bench"]),
+            "piece": np.array([0]),
+            "pieces": np.array([1]),
+        }
         for block in read_shards(
             batch, output=str(ROOT / "bench" / "data" / "scratch"), storage_options=None,
             read_options=ReadOptions(), preprocessing=prep,
@@ -160,7 +166,7 @@ def cpu_bench(args) -> None:
     e2e = [j / min(e, d) for j, e, d in zip(runs["job"], runs["engine"], runs["decode"], strict=True)]
     speed = [(j / a) / (costs[-1] / m) for j, a, m in zip(runs["job"], runs["all_steps"], realized, strict=True)]
     sweep = []
-    for per_call in (2, 4, 8, 16):
+    for per_call in () if args.no_sweep else (2, 4, 8, 16):
         rate, summary = job(data, out, "9M", per_call)
         eng = summary["engine"]
         sweep.append(
@@ -191,7 +197,7 @@ def cpu_bench(args) -> None:
     print(f"job / slower of engine and decode: {figures['job_over_slower_part']:.3f} {[round(x, 3) for x in e2e]}")
     print(f"speed-up / MACs ratio: {figures['speedup_over_macs_ratio']:.3f} {[round(x, 3) for x in speed]}")
     goals = {"job_over_slower_part": ">= 0.85", "speedup_over_macs_ratio": ">= 0.9"}
-    print(f"wrote {write_results('pipeline', figures, goals)}")
+    print(f"wrote {write_results(f'pipeline-{args.images}', figures, goals)}")
 
 
 class BusySampler:
@@ -284,6 +290,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches-per-call", type=int, default=4, help="for the rounds (the job's CPU default: 4)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the batches-per-call sweep")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--calls", default="2,8,32", help="GPU: model batches per call to measure")
     parser.add_argument("--models", default="demo,resnet50", help="GPU: which models")

@@ -50,6 +50,7 @@ class BudgetLedger:
         self.initial_thresholds = self.controller.thresholds.tolist()
         self.extra_macs = float(extra_macs)  # e.g. the --calibrate pass
         self.tallies: dict[str, dict[str, Any]] = {}
+        self._exits = np.zeros(self.step_macs.size, np.int64)  # the sum of the tallies' exits
         self.started = time.time()
         self.timeline: list[dict[str, float]] = []
         self.replaced_attempts = 0
@@ -60,12 +61,14 @@ class BudgetLedger:
         if tally is not None and tally["attempt"] != attempt:
             undo = BudgetReport(-tally["exits"], np.zeros((0, tally["exits"].size), np.float32), 0, -tally["admitted"])
             self.controller.merge([undo])
+            self._exits -= tally["exits"]
             self.replaced_attempts += 1
             tally = None
         if tally is None:
             tally = {"attempt": attempt, "exits": np.zeros(self.step_macs.size, np.int64), "admitted": 0}
             self.tallies[call] = tally
         tally["exits"] = tally["exits"] + report.exits
+        self._exits += report.exits
         tally["admitted"] += int(report.admitted)
         tally["final"] = bool(final)
         thresholds = self.controller.merge([report])
@@ -89,10 +92,9 @@ class BudgetLedger:
                 self.timeline = self.timeline[:2000:2] + self.timeline[2000:]
 
     def exits(self) -> np.ndarray:
-        total = np.zeros(self.step_macs.size, np.int64)
-        for tally in self.tallies.values():
-            total += tally["exits"]
-        return total
+        """Images by exit step over every call's current attempt (kept as a running sum: summing
+        the tallies on every report grew with the number of calls)."""
+        return self._exits.copy()
 
     def images(self) -> int:
         return int(self.exits().sum())
