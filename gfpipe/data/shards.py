@@ -34,7 +34,7 @@ from gfpipe.data.io import (
     storage_error,
     to_uri,
 )
-from gfpipe.data.tar_headers import TarMember, list_plain_tar
+from gfpipe.data.tar_headers import TarMember, has_data_from, list_plain_tar
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +447,9 @@ def _index_tar(fh: BinaryIO) -> tuple[OrderedDict[str, dict[str, TarEntry]], str
 
 
 def _index_tar_with_tarfile(fh: BinaryIO, size: int) -> tuple[OrderedDict[str, dict[str, TarEntry]], str | None]:
+    """tarfile's listing. tarfile ends quietly at a header it cannot read after the first (cut
+    short, bad checksum) or at a second archive appended to the first; data left after where it
+    stopped is reported as a problem, so the shard gets an error record, not a silent loss."""
     samples: OrderedDict[str, dict[str, TarEntry]] = OrderedDict()
     fh.seek(0)
     problem = None
@@ -459,6 +462,8 @@ def _index_tar_with_tarfile(fh: BinaryIO, size: int) -> tuple[OrderedDict[str, d
                     problem = f"truncated tar (member {member.name} cut short)"
                     break
                 _add_member(samples, member)
+            if problem is None and has_data_from(fh, tar.offset, size):
+                problem = f"truncated or corrupt tar (unreadable header at byte {tar.offset})"
     except tarfile.ReadError as exc:
         problem = "not a tar file" if not samples else f"truncated or corrupt tar ({exc})"
     except (EOFError, OSError) as exc:

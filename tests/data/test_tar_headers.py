@@ -90,7 +90,16 @@ def test_broken_tars_fall_back_and_keep_tarfiles_problems():
         assert fast_listing(broken) is None
     samples, problem = _index_tar(io.BytesIO(cut_in_data))
     assert not samples and problem == "truncated tar (member 000000.png cut short)"
-    samples, _ = _index_tar(io.BytesIO(cut_in_header))  # tarfile ends quietly at a cut header
-    assert list(samples) == ["000000"]
-    samples, _ = _index_tar(io.BytesIO(bytes(bad_checksum)))  # and at a bad header after the first
-    assert list(samples) == ["000000"]
+    samples, problem = _index_tar(io.BytesIO(cut_in_header))  # tarfile alone ends quietly here
+    assert list(samples) == ["000000"] and problem == "truncated or corrupt tar (unreadable header at byte 2560)"
+    samples, problem = _index_tar(io.BytesIO(bytes(bad_checksum)))  # and at a bad header after the first
+    assert list(samples) == ["000000"] and problem == "truncated or corrupt tar (unreadable header at byte 2560)"
+
+
+def test_a_second_archive_appended_to_the_first_is_reported_not_dropped():
+    """`cat a.tar b.tar`: tarfile stops at a's end-of-archive blocks; b's samples would vanish."""
+    first, second = make_tar([("000000.png", 10)]), make_tar([("000001.png", 10)])
+    samples, problem = _index_tar(io.BytesIO(first + second))
+    assert list(samples) == ["000000"] and problem and problem.startswith("truncated or corrupt tar")
+    samples, problem = _index_tar(io.BytesIO(first + bytes(4096)))  # more zero padding is fine
+    assert list(samples) == ["000000"] and problem is None
