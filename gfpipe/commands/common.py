@@ -65,31 +65,26 @@ def _budget_type(kind: str) -> Callable[[str], Any]:
     return convert
 
 
-def add_budget_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    """The mutually exclusive --budget / --budget-total / --budget-time; all store `args.budget`."""
-    group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument(
-        "--budget",
-        dest="budget",
-        type=_budget_type("mean"),
-        default=None,
-        metavar="MACS",
-        help="mean Multiply-Adds per image, suffixes K/M/G/T/P: 1.2G, 850M",
-    )
-    group.add_argument(
-        "--budget-total",
-        dest="budget",
-        type=_budget_type("total"),
-        metavar="MACS",
-        help="Multiply-Adds for the whole dataset, divided by its number of images: 3.5P",
-    )
-    group.add_argument(
+_BUDGET_FLAGS = {
+    "mean": ("--budget", "MACS", "mean Multiply-Adds per image, suffixes K/M/G/T/P: 1.2G, 850M"),
+    "total": ("--budget-total", "MACS", "Multiply-Adds for the whole dataset, divided by its number of images: 3.5P"),
+    "time": (
         "--budget-time",
-        dest="budget",
-        type=_budget_type("time"),
-        metavar="DURATION",
-        help="wall-clock model time for the whole job, from per-step seconds measured at start-up: 2h, 90m, 45s, 1h30m",
-    )
+        "DURATION",
+        "wall-clock model time for the whole job, from per-step seconds measured at start-up: 2h, 90m, 45s, 1h30m",
+    ),
+}
+
+
+def add_budget_arguments(
+    parser: argparse.ArgumentParser, required: bool = False, kinds: tuple[str, ...] = ("mean", "total", "time")
+) -> None:
+    """The mutually exclusive --budget / --budget-total / --budget-time (those of `kinds`); all
+    store `args.budget`."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    for kind in kinds:
+        flag, metavar, help_text = _BUDGET_FLAGS[kind]
+        group.add_argument(flag, dest="budget", type=_budget_type(kind), default=None, metavar=metavar, help=help_text)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 from gfpipe.commands.common import (
-    _budget_type,
+    add_budget_arguments,
     add_official_checkpoint_arguments,
     add_storage_arguments,
     checkpoint_overrides,
@@ -85,21 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N|URI",
         help="the archive: a number of images (10M, 2.5e6) or its URI, counted from metadata as --budget-total does",
     )
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument(
-        "--budget",
-        dest="budget",
-        type=_budget_type("mean"),
-        metavar="MACS",
-        help="mean Multiply-Adds per image: 9M, 1.2G",
-    )
-    budget.add_argument(
-        "--budget-total",
-        dest="budget",
-        type=_budget_type("total"),
-        metavar="MACS",
-        help="Multiply-Adds for the whole archive, divided by its images: 3.5P",
-    )
+    add_budget_arguments(parser, kinds=("mean", "total"))
     parser.add_argument(
         "--window", type=_duration, metavar="DURATION", help="the job must finish within this: 8h, 90m, 1d12h"
     )
