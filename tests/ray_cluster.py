@@ -43,8 +43,9 @@ def free_port() -> int:
 class LoopbackCluster:
     """A head node (`cpus` CPUs) and the nodes added with `add_node`; `stop()` ends them all."""
 
-    def __init__(self, logs: Path, cpus: float = 2) -> None:
+    def __init__(self, logs: Path, cpus: float = 2, env: dict[str, str] | None = None) -> None:
         self.logs = logs
+        self.env = {**ENV, **(env or {})}  # the nodes' processes (and so the jobs' drivers) see these
         self.port, dashboard_port = free_port(), free_port()
         self.dashboard = f"http://127.0.0.1:{dashboard_port}"
         self.nodes: list[tuple[subprocess.Popen, Path, Path]] = []
@@ -111,7 +112,7 @@ class LoopbackCluster:
         with open(log, "w") as out:
             proc = subprocess.Popen(
                 [RAY, "start", "--block", "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", *args],
-                stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True,
+                stdout=out, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
             )  # fmt: skip
         self.nodes.append((proc, log, temp))
 

@@ -26,8 +26,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory) -> Iterator[tuple[LoopbackCluster, set[str]]]:
-    """The cluster and the short ids (8 characters) of its two nodes."""
-    cluster = LoopbackCluster(tmp_path_factory.mktemp("ray-nodes"), cpus=2)
+    """The cluster and the short ids (8 characters) of its two nodes.
+
+    Ray Data hands calls to replicas as they come up. A 480-image job is two calls, and one
+    replica could take both before the other node's replica has imported torch (it did, once the
+    job started faster). These tests are about placement, so the pools wait for all their actors
+    (Ray Data's documented `wait_for_min_actors_s`, here from the nodes' environment)."""
+    cluster = LoopbackCluster(
+        tmp_path_factory.mktemp("ray-nodes"), cpus=2, env={"RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "120"}
+    )
     try:
         cluster.add_node(cpus=2)
         ids = {n["node_id"][:8] for n in cluster.alive_nodes()}
