@@ -56,13 +56,14 @@ ENGINE_EFFICIENCY = {"cpu": 0.96, "cuda": 0.71}
 # The job's own costs beyond the model and decoding, measured on a 2-core AMD EPYC (torch 2.13 CPU,
 # Ray 2.60, the demo model) by `bench/plan.py --calibrate`: classify runs of 2,000 and 16,000 glyph
 # images (shards of 500) at 9 MMACs with Ray already up (as under `ray job submit`), 3 rounds,
-# medians. elapsed = fixed + images / rate gave rate 1368 images/s [1237-1603] and fixed 4.74 s
-# [4.26-5.05]; the actor then spent 0.29 ms [0.20-0.30] per image beyond the engine's own 0.44 ms
-# (probed in the same rounds), and every process but the actor used 0.22 ms [0.15-0.36] of CPU per
-# image beyond the 0.30 ms that decoding took (from /proc, the difference between the two sizes).
-FIXED_SECONDS = 4.7  # start (list and count shards, Ray Data, the actor loading torch and the model) + finish
-ACTOR_SECONDS = 0.00029  # per image in the actor beyond its engine: rows, Parquet parts, ledger round trips
-PIPELINE_CORE_SECONDS = 0.00022  # per image, core-seconds of the driver, the ledger, Ray and block transfers
+# medians (2026-11-27, after the start-up fixes). elapsed = fixed + images / rate gave rate 1688
+# images/s [1648-1767] and fixed 2.61 s [2.57-2.88]; the actor then spent 0.18 ms [0.15-0.18] per
+# image beyond the engine's own 0.41 ms (probed in the same rounds), and every process but the
+# actor used 0.21 ms [0.20-0.24] of CPU per image beyond the 0.20 ms that decoding took (from
+# /proc, the difference between the two sizes).
+FIXED_SECONDS = 2.6  # start (list and count shards, Ray Data, the actor loading torch and the model) + finish
+ACTOR_SECONDS = 0.00018  # per image in the actor beyond its engine: rows, Parquet parts, ledger round trips
+PIPELINE_CORE_SECONDS = 0.00021  # per image, core-seconds of the driver, the ledger, Ray and block transfers
 
 
 @dataclasses.dataclass(frozen=True)
