@@ -204,3 +204,19 @@ def test_s3_mistakes_are_one_line_too(workspace, s3_server):
         assert result.returncode == 2 and len(lines) == 1 and named in lines[0], result.stderr
     missing = gfpipe_cli("costs", "--checkpoint", f"s3://{bucket}/model.pt", cwd=workspace, env=env)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "model.pt" in missing.stderr
+
+
+@pytest.mark.parametrize("ratio, noted", [(1.116, True), (1.0101, True), (1.01, False), (0.998, False), (None, False)])
+def test_the_end_of_run_summary_says_why_a_run_went_over_the_budget(ratio, noted):
+    """Over 1% above the budget (small runs on an archive unlike the calibration data), the last
+    lines say so and what to do; at or under the promise they do not."""
+    from gfpipe.commands.classify import summary_text
+
+    summary = {
+        "images": 120, "errors": 0, "exits": [42, 26, 52], "elapsed_s": 9.0, "images_per_s": 13.3, "output": "out",
+        "shards": {"total": 3, "classified": 3, "skipped_done": 0, "redone_changed": 0},
+        "budget": {"ratio": ratio, "realized_macs_per_image": 1e7, "target_macs_per_image": 9e6},
+    }  # fmt: skip
+    text = summary_text(summary)
+    assert ("over the budget" in text and "--calibrate N" in text) == noted
+    assert text.splitlines()[-1] == "report: out/report.html"
