@@ -76,13 +76,14 @@ def plain_epochs(cfg, threads: int) -> list[float]:
     return rates
 
 
-def ray_epochs(cfg) -> list[float]:
-    """Images/s of each stage-I epoch of a Ray Train run (from the run's own per-epoch record)."""
+def ray_epochs(cfg) -> tuple[list[float], list[float]]:
+    """Images/s of each stage-I epoch of a Ray Train run, and the seconds each epoch waited for
+    its first batch (both from the run's own per-epoch record)."""
     from gfpipe.train.run import train
 
     uri = train(cfg, restart=True)
-    history = load_checkpoint(uri).card.provenance["history"]
-    return [h["images_per_s"] for h in history if h["stage"] == "stage1"]
+    history = [h for h in load_checkpoint(uri).card.provenance["history"] if h["stage"] == "stage1"]
+    return [h["images_per_s"] for h in history], [h["first_batch_seconds"] for h in history]
 
 
 def main() -> None:
@@ -101,20 +102,24 @@ def main() -> None:
         from gfpipe.train.run import init_ray
 
         init_ray()
-        ratios, plain_rates, ray_rates = [], [], []
+        ratios, plain_rates, ray_rates, first_batch = [], [], [], []
         for round_index in range(args.rounds):
             cfg = config(data, args.epochs, str(Path(tmp) / "runs"), f"bench-{round_index}", args.batch_size)
             sides = ["plain", "ray"] if round_index % 2 == 0 else ["ray", "plain"]
             rates = {}
             for side in sides:
-                epochs = plain_epochs(cfg, cores) if side == "plain" else ray_epochs(cfg)
+                if side == "plain":
+                    epochs = plain_epochs(cfg, cores)
+                else:
+                    epochs, waits = ray_epochs(cfg)
+                    first_batch.append(statistics.median(waits[1:]) if len(waits) > 1 else waits[0])
                 rates[side] = statistics.median(epochs[1:]) if len(epochs) > 1 else epochs[0]
             ratios.append(rates["ray"] / rates["plain"])
             plain_rates.append(rates["plain"])
             ray_rates.append(rates["ray"])
             print(
                 f"round {round_index + 1}: plain {rates['plain']:.0f} images/s, ray {rates['ray']:.0f} images/s, "
-                f"ratio {ratios[-1]:.3f}",
+                f"ratio {ratios[-1]:.3f}; Ray's first batch after {first_batch[-1]:.2f} s per epoch",
                 flush=True,
             )
     figures = {
@@ -122,6 +127,7 @@ def main() -> None:
         "spread": [min(ratios), max(ratios)],
         "plain_images_per_s": plain_rates,
         "ray_images_per_s": ray_rates,
+        "ray_first_batch_seconds": first_batch,
         "cores": cores,
         "config": {
             "images": args.images,

@@ -37,6 +37,16 @@ def _font_range(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _contrast_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in grey levels, got {text!r}") from None
+    if not 0 <= low <= high <= 255:
+        raise argparse.ArgumentTypeError(f"need 0 <= LOW <= HIGH <= 255 (grey levels), got {text}")
+    return low, high
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SynthConfig()
     parser.add_argument("--out", required=True, help="dataset folder URI (local path, file://, s3://...)")
@@ -65,6 +75,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float_between(0, 10),
         default=defaults.clutter,
         help="clutter density (0 = none, 1 = about 20 fragments at 224 px)",
+    )
+    parser.add_argument(
+        "--clutter-contrast",
+        type=_contrast_range,
+        default=",".join(f"{v:g}" for v in defaults.clutter_contrast),
+        metavar="LOW,HIGH",
+        help="grey levels between the fragments' ink and the background (the target's: 70..150); "
+        "lower makes the target stand out in the glance",
     )
     parser.add_argument(
         "--shift",
@@ -118,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         image_format=args.image_format,
         small_font=args.small_font,
         large_font=args.large_font,
+        clutter_contrast=args.clutter_contrast,
     )
     manifest = write_dataset(
         args.out,

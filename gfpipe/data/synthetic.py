@@ -59,6 +59,8 @@ _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _GENERATOR_VERSION = 1
 _TARGET_MARGIN = 2  # px kept free around the target so clutter never touches it
+TARGET_CONTRAST = (70.0, 150.0)
+"""Grey levels between the target's ink and the background level."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,11 @@ class SynthConfig:
     < 0 towards large ones (-1: all large). The same image index keeps its other draws, so
     only its target size changes.
     large_font / small_font: font size ranges (glyph height is about 0.73 x font size).
+    clutter_contrast: how far the fragments' ink lies from the background, in grey levels (the
+    target's is always TARGET_CONTRAST, 70..150). Equal ranges (the default) make a small target
+    look like a fragment in a downsampled glance, so the glance cannot say where it is; a lower
+    range (e.g. 25..60) makes the target the most salient blob, as objects are in natural
+    images, while reading it still needs full resolution.
     """
 
     image_size: int = 224
@@ -82,6 +89,7 @@ class SynthConfig:
     large_font: tuple[float, float] = (0.25, 0.42)
     small_font: tuple[float, float] = (0.062, 0.08)
     fragment_font: tuple[float, float] = (0.06, 0.13)
+    clutter_contrast: tuple[float, float] = (70.0, 150.0)
     image_format: str = "jpg"
     jpeg_quality: int = 92
 
@@ -96,6 +104,9 @@ class SynthConfig:
             raise ValueError(f"shift must be in [-1, 1], got {self.shift}")
         if self.clutter < 0:
             raise ValueError(f"clutter must be >= 0, got {self.clutter}")
+        low, high = self.clutter_contrast
+        if not 0.0 <= low <= high <= 255.0:
+            raise ValueError(f"clutter_contrast must be LOW,HIGH with 0 <= LOW <= HIGH <= 255, got {low},{high}")
         if self.image_format not in ("jpg", "png"):
             raise ValueError(f"image_format must be jpg or png, got {self.image_format!r}")
 
@@ -165,7 +176,7 @@ def generate_sample(index: int, split: str = "train", config: SynthConfig = Synt
     x0 = int(rng.integers(_TARGET_MARGIN, max(_TARGET_MARGIN + 1, size - w - _TARGET_MARGIN)))
     y0 = int(rng.integers(_TARGET_MARGIN, max(_TARGET_MARGIN + 1, size - h - _TARGET_MARGIN)))
     bbox = (x0, y0, x0 + w, y0 + h)
-    target_colour = _ink(rng, base, polarity)
+    target_colour = _ink(rng, base, polarity, TARGET_CONTRAST)
 
     _add_clutter(rng, canvas, config, bbox, base, polarity)
     _paint(canvas, mask, x0, y0, target_colour)
@@ -217,9 +228,10 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(canvas, dtype=np.float32), polarity
 
 
-def _ink(rng: np.random.Generator, base: float, polarity: int) -> np.ndarray:
-    """A glyph colour that contrasts with the background level `base` by 70..150 grey levels."""
-    level = np.clip(base + polarity * rng.uniform(70, 150), 0, 255)
+def _ink(rng: np.random.Generator, base: float, polarity: int, contrast: tuple[float, float]) -> np.ndarray:
+    """A glyph colour `contrast` (low, high) grey levels from the background level `base`; the same
+    draws whatever the range, so changing the clutter's range changes nothing else."""
+    level = np.clip(base + polarity * rng.uniform(*contrast), 0, 255)
     tint = rng.uniform(0.8, 1.2, size=3)
     return np.clip(level * tint, 0, 255).astype(np.float32)
 
@@ -253,7 +265,7 @@ def _add_clutter(
         piece = glyph[oy : oy + ch, ox : ox + cw]
         x = int(rng.integers(0, size - cw + 1))
         y = int(rng.integers(0, size - ch + 1))
-        colour = _ink(rng, base, polarity)
+        colour = _ink(rng, base, polarity, config.clutter_contrast)
         if x < fx1 and x + cw > fx0 and y < fy1 and y + ch > fy0:
             continue  # would touch the target; drawn fewer, still deterministic
         _paint(canvas, piece, x, y, colour)

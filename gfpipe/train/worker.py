@@ -97,11 +97,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 shuffle_seed=_seed(config.seed, stage, epoch, rank),
                 drop_last=True,
             )
-            watched = _watch(train_batches, stage, epoch, epochs, rank, config.log_every, fault)
+            timing: dict[str, float] = {}
+            watched = _watch(train_batches, stage, epoch, epochs, rank, config.log_every, fault, timing)
             sums = trainer.train_epoch(stage, epoch, watched)
             seconds = time.perf_counter() - started
             val = trainer.evaluate(_torch_batches(ray.train.get_dataset_shard("val"), batch))
             metrics = _epoch_metrics(stage, epoch, epochs, sums, seconds, val, world, device, config.model.T)
+            metrics["first_batch_seconds"] = _all_reduce([timing.get("first_batch", seconds)], device, world, "max")[0]
             metrics.update(launch=loop_config["launch"], resumes=resumes, nodes=nodes)
             drops = _drops(loop_config["ledger"]) if rank == 0 else {}
             if metrics["train_images"] == 0:
@@ -174,12 +176,17 @@ def _watch(
     rank: int,
     every: int,
     fault: Mapping[str, Any],
+    timing: dict[str, float],
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Progress lines every `every` batches (rank 0), and the test hook that kills a worker."""
+    """Progress lines every `every` batches (rank 0), the test hook that kills a worker, and the
+    seconds until the first batch arrived (`timing["first_batch"]`: the input pipeline's start,
+    paid again every epoch, which the epoch's images/s includes)."""
     started = time.perf_counter()
     images = 0
     kill = fault_at(fault, "kill-worker", stage, epoch) and int(fault.get("rank", -1)) == rank
     for i, (raw, labels) in enumerate(batches, 1):
+        if i == 1:
+            timing["first_batch"] = time.perf_counter() - started
         yield raw, labels
         images += int(labels.shape[0])
         if kill and i == 1 and claim(fault.get("marker")):
