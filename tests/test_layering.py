@@ -41,6 +41,15 @@ def test_the_jobs_processes_that_run_no_model_import_no_torch():
     assert result.returncode == 0, f"torch imported too early: {result.stderr[-2000:]}"
 
 
+def test_the_training_decode_tasks_import_no_torch():
+    """Training's decode tasks (gfpipe.train.ingest) run in Ray worker processes of their own;
+    when validation and the next epoch's input start together, one of them needs a new process,
+    which took about 2 s to start with torch imported and stalled the epoch that waited for it."""
+    code = "import sys; import gfpipe.train.ingest; sys.exit(1 if 'torch' in sys.modules else 0)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, f"torch imported: {result.stderr[-2000:]}"
+
+
 def test_library_modules_import_no_argparse_and_no_command_code():
     """argparse lives in gfpipe/cli.py and gfpipe/commands/ only; the library never imports them."""
     import ast

@@ -23,30 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
 from gfpipe.config import Preprocessing
-from gfpipe.data.decode import centre_crop, decode_pil, decode_uint8, resize_shorter
+from gfpipe.train.decoding import decode_for_eval, decode_for_training
 
-
-def decode_for_training(data: bytes | None, prep: Preprocessing) -> tuple[np.ndarray | None, str | None]:
-    """Bytes -> uint8 (3, R, R), R = prep.resize: shorter side resized to R, centre square; never raises."""
-    pil, error, _ = decode_pil(data, draft_size=prep.resize)
-    if pil is None:
-        return None, error
-    square = centre_crop(resize_shorter(pil, prep.resize, prep.interpolation), prep.resize)
-    return _chw(square), None
-
-
-def decode_for_eval(data: bytes | None, prep: Preprocessing) -> tuple[np.ndarray | None, str | None]:
-    """Bytes -> uint8 (3, S, S), S = prep.crop: the inference preprocessing before normalisation."""
-    image, error, _ = decode_uint8(data, prep)
-    return image, error
-
-
-def _chw(pil: Image.Image) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(pil, dtype=np.uint8).transpose(2, 0, 1))  # (3, H, W)
+__all__ = ["augment", "crop_boxes", "decode_for_eval", "decode_for_training", "iter_batches", "normalise"]
 
 
 def normalise(images: Tensor, prep: Preprocessing) -> Tensor:

@@ -41,7 +41,7 @@ from gfpipe.checkpoint import load_checkpoint, save_checkpoint
 from gfpipe.data.io import filesystem, join_uri, write_json
 from gfpipe.train.config import TrainConfig, config_dict
 from gfpipe.train.faults import FAULT_ENV, fault_spec
-from gfpipe.train.ingest import DropLedger, dataset, decode_shards, ingest_config
+from gfpipe.train.ingest import TRAIN_DATASETS, DropLedger, dataset, decode_shards, ingest_config
 from gfpipe.train.plan import DONE_RECORD, MODEL_FILE, RUN_RECORD, RunPlan, Split, prepare_run
 from gfpipe.train.worker import STAGES, STATE_FILE, TrainingDataError, train_loop_per_worker
 
@@ -225,10 +225,7 @@ def train(
                     checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
                     logging_config=ray.train.LoggingConfig(log_level="WARNING"),
                 ),
-                datasets={
-                    name: dataset(split, config, options, ledger_name, decode_tasks)
-                    for name, split in plan.splits.items()
-                },
+                datasets=_datasets(plan, config, options, ledger_name, decode_tasks),
                 dataset_config=ingest_config(),
             )
             result = trainer.fit()
@@ -296,6 +293,22 @@ def _ray_storage(storage: str, options: Mapping[str, Any] | None) -> tuple[str, 
 
     fs, path = filesystem(storage, options)
     return path.rstrip("/"), PyFileSystem(FSSpecHandler(fs))
+
+
+def total_epochs(config: TrainConfig) -> int:
+    """Epochs of all stages: more than one means the training split alternates (both sides use this)."""
+    return sum(getattr(config, stage).epochs for stage in STAGES)
+
+
+def _datasets(plan: RunPlan, config: TrainConfig, options: Any, ledger: str, decode_tasks: int) -> dict[str, Any]:
+    """Ray Datasets by name: one per split, and the training split a second time (another shard
+    order) when the run trains more than one epoch, for the epochs that alternate with the first
+    (gfpipe.train.ingest)."""
+    datasets = {name: dataset(split, config, options, ledger, decode_tasks) for name, split in plan.splits.items()}
+    if total_epochs(config) > 1:
+        train = plan.splits["train"]
+        datasets[TRAIN_DATASETS[1]] = dataset(train, config, options, ledger, decode_tasks, seed_offset=1)
+    return datasets
 
 
 @contextlib.contextmanager
