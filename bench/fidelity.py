@@ -332,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--points", type=int, default=41, help="budgets in the accuracy-vs-MACs sweep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--no-ablations", action="store_true", help="skip the no_glance and shared_encoder models (about half the time)"
+    )
+    parser.add_argument("--name", default=None, help="results name (default: fidelity, or fidelity-clutterLO-HI)")
+    parser.add_argument(
         "--clutter-contrast",
         type=lambda text: tuple(float(v) for v in text.split(",")),
         default=QUIET_CLUTTER,
@@ -367,17 +371,19 @@ def main() -> None:
     }
     cfg = resolve_config(recipe(args))
     learned, no_stage3 = train("learned", GFNet, cfg, train_xy, log, static_full)
-    no_glance_cfg = resolve_config(recipe(args, glance_size=64))
-    no_glance, _ = train("no_glance", CentreFirst, no_glance_cfg, train_xy, log, static_full)
-    shared, _ = train("shared_encoder", SharedEncoder, cfg, train_xy, log, static_full)
+    ablations = []
+    if not args.no_ablations:
+        no_glance_cfg = resolve_config(recipe(args, glance_size=64))
+        no_glance, _ = train("no_glance", CentreFirst, no_glance_cfg, train_xy, log, static_full)
+        shared, _ = train("shared_encoder", SharedEncoder, cfg, train_xy, log, static_full)
+        ablations = [("no_glance", no_glance, "policy"), ("shared_encoder", shared, "policy")]
 
     anytime, hits = {}, {}
     for name, model, locations in (
         ("learned", learned, "policy"),
         ("random", learned, "random"),
         ("centre_corner", learned, "fixed"),
-        ("no_glance", no_glance, "policy"),
-        ("shared_encoder", shared, "policy"),
+        *ablations,
         ("no_stage3", no_stage3, "policy"),
     ):
         logits, corners = run_steps(model, test_x, locations, seed=args.seed)
@@ -441,7 +447,7 @@ def main() -> None:
     }
     goals = {"learned_beats_random_and_centre_corner_at_every_t_ge_2": True, "macs_ratio_at_static_accuracy": "<= 0.5"}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "fidelity" if args.clutter_contrast == QUIET_CLUTTER else data_dir(args).name
+    name = args.name or ("fidelity" if args.clutter_contrast == QUIET_CLUTTER else data_dir(args).name)
     plot(curve, static_points, RESULTS / f"{name}.png")
     print(f"machine: {machine()}")
     print(f"wrote {write_results(name, figures, goals)} and {RESULTS / f'{name}.png'}")

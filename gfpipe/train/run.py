@@ -295,8 +295,7 @@ def _ray_storage(storage: str, options: Mapping[str, Any] | None) -> tuple[str, 
     return path.rstrip("/"), PyFileSystem(FSSpecHandler(fs))
 
 
-def total_epochs(config: TrainConfig) -> int:
-    """Epochs of all stages: more than one means the training split alternates (both sides use this)."""
+def _total_epochs(config: TrainConfig) -> int:
     return sum(getattr(config, stage).epochs for stage in STAGES)
 
 
@@ -305,7 +304,7 @@ def _datasets(plan: RunPlan, config: TrainConfig, options: Any, ledger: str, dec
     order) when the run trains more than one epoch, for the epochs that alternate with the first
     (gfpipe.train.ingest)."""
     datasets = {name: dataset(split, config, options, ledger, decode_tasks) for name, split in plan.splits.items()}
-    if total_epochs(config) > 1:
+    if _total_epochs(config) > 1:
         train = plan.splits["train"]
         datasets[TRAIN_DATASETS[1]] = dataset(train, config, options, ledger, decode_tasks, seed_offset=1)
     return datasets
