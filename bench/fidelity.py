@@ -95,7 +95,7 @@ def recipe(args: argparse.Namespace, **model) -> dict:
             "tiny_width": 16,
             "input_size": 128,
             "glance_size": 48,
-            "patch_size": 64,
+            "patch_size": args.patch_size,
             "T": args.T,
             "num_classes": len(CLASSES),
             **model,
@@ -322,6 +322,7 @@ QUICK = {"static_epochs": 2, "stage0_epochs": 1, "stage1_epochs": 2, "stage2_epo
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--T", type=int, default=5, help="GFNet steps (glance + T-1 patches)")
+    parser.add_argument("--patch-size", type=int, default=64, help="focus patch side in pixels (of 128)")
     parser.add_argument("--static-epochs", type=int, default=15, help="static_full, the encoders' starting point")
     parser.add_argument("--stage0-epochs", type=int, default=4, help="also static_glance's fine-tuning")
     parser.add_argument("--stage1-epochs", type=int, default=12)
@@ -373,7 +374,7 @@ def main() -> None:
     learned, no_stage3 = train("learned", GFNet, cfg, train_xy, log, static_full)
     ablations = []
     if not args.no_ablations:
-        no_glance_cfg = resolve_config(recipe(args, glance_size=64))
+        no_glance_cfg = resolve_config(recipe(args, glance_size=args.patch_size))
         no_glance, _ = train("no_glance", CentreFirst, no_glance_cfg, train_xy, log, static_full)
         shared, _ = train("shared_encoder", SharedEncoder, cfg, train_xy, log, static_full)
         ablations = [("no_glance", no_glance, "policy"), ("shared_encoder", shared, "policy")]
