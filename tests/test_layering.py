@@ -4,6 +4,11 @@ import subprocess
 import sys
 
 
+def _python(code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter, where imports start from nothing."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
 def test_model_core_imports_no_ray_or_storage():
     code = (
         "import sys; import gfpipe, gfpipe.model, gfpipe.checkpoint, gfpipe.budget, gfpipe.budget.costs; "
@@ -11,7 +16,7 @@ def test_model_core_imports_no_ray_or_storage():
         "bad = [m for m in ('ray', 'fsspec', 's3fs') if m in sys.modules]; "
         "print(','.join(bad)); sys.exit(1 if bad else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = _python(code)
     assert result.returncode == 0, f"imported: {result.stdout.strip()} {result.stderr[-2000:]}"
 
 
@@ -23,7 +28,7 @@ def test_the_classify_job_imports_ray_only_when_it_runs():
         "import gfpipe.classify.replica, gfpipe.classify.ledger, gfpipe.classify.state; "
         "print('ray' in sys.modules); sys.exit(1 if 'ray' in sys.modules else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = _python(code)
     assert result.returncode == 0, f"ray imported: {result.stdout.strip()} {result.stderr[-2000:]}"
 
 
@@ -37,16 +42,16 @@ def test_the_jobs_processes_that_run_no_model_import_no_torch():
         "from gfpipe import load_checkpoint, GFNet; from gfpipe.budget import exit_scores; "
         "sys.exit(1 if bad or not callable(exit_scores) else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = _python(code)
     assert result.returncode == 0, f"torch imported too early: {result.stderr[-2000:]}"
 
 
 def test_the_training_decode_tasks_import_no_torch():
     """Training's decode tasks (gfpipe.train.ingest) run in Ray worker processes of their own;
-    when validation and the next epoch's input start together, one of them needs a new process,
-    which took about 2 s to start with torch imported and stalled the epoch that waited for it."""
+    when two run at once (an epoch's and the next one's, read ahead, or validation's), one may
+    need a new process, which took about 2 s to start with torch imported."""
     code = "import sys; import gfpipe.train.ingest; sys.exit(1 if 'torch' in sys.modules else 0)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = _python(code)
     assert result.returncode == 0, f"torch imported: {result.stderr[-2000:]}"
 
 
