@@ -114,8 +114,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         sums = trainer.train_epoch(stage, epoch, watched)
         seconds = time.perf_counter() - started
         val = trainer.evaluate(_torch_batches(ray.train.get_dataset_shard("val"), batch))
-        metrics = _epoch_metrics(stage, epoch, epochs, sums, seconds, val, world, device, config.model.T)
-        metrics["first_batch_seconds"] = _all_reduce([timing.get("first_batch", seconds)], device, world, "max")[0]
+        first_batch = timing.get("first_batch", seconds)
+        metrics = _epoch_metrics(stage, epoch, epochs, sums, seconds, first_batch, val, world, device, config.model.T)
         metrics.update(launch=loop_config["launch"], resumes=resumes, nodes=nodes)
         drops = _drops(loop_config["ledger"]) if rank == 0 else {}
         if metrics["train_images"] == 0:
@@ -260,16 +260,19 @@ def _epoch_metrics(
     epochs: int,
     sums: Mapping[str, float],
     seconds: float,
+    first_batch: float,
     val: Mapping[str, Any],
     world: int,
     device: torch.device,
     T: int,
 ) -> dict[str, Any]:
+    """The epoch's record over all workers; times are the slowest worker's (`first_batch`: seconds
+    until its first training batch arrived)."""
     train_correct = [float(sums.get(f"correct_t{t}", 0.0)) for t in range(1, T + 1)]
     values = [float(sums.get("loss_sum", 0.0)), float(sums.get("images", 0.0)), *train_correct]
     values += [float(val["images"]), *map(float, val["correct"])]
     total = _all_reduce(values, device, world)
-    longest = _all_reduce([seconds], device, world, op="max")[0]
+    longest, first_batch = _all_reduce([seconds, first_batch], device, world, op="max")
     loss_sum, images = total[0], total[1]
     correct = total[2 : 2 + T]
     val_images, val_correct = total[2 + T], total[3 + T :]
@@ -282,6 +285,7 @@ def _epoch_metrics(
         "train_accuracy": [c / images if images else 0.0 for c in correct],
         "images_per_s": images / longest if longest > 0 else 0.0,
         "seconds": longest,
+        "first_batch_seconds": first_batch,
         "val_images": int(val_images),
         "val_accuracy": [c / val_images if val_images else 0.0 for c in val_correct],
     }
