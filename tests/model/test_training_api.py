@@ -106,3 +106,16 @@ def test_official_import_keeps_both_encoder_heads(tmp_path, arch):
     head = "fc" if arch == "resnet50" else "classifier"
     assert torch.equal(model.local_encoder.head.weight, raw["model_state_dict"][f"module.{head}.weight"])
     assert torch.equal(model.global_encoder.head.weight, raw["model_prime_state_dict"][f"module.{head}.weight"])
+
+
+def test_the_glance_runs_channels_last_in_inference_and_keeps_training_numerics():
+    """Inference lays the glance out channels-last (faster convolutions); training keeps NCHW, so
+    its rounding is what the training recipes were tuned with. The values are the same."""
+    model = tiny().eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        inference = model.glance_input(x)
+    training = model.glance_input(x)
+    assert inference.is_contiguous(memory_format=torch.channels_last)
+    assert training.is_contiguous() and not training.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(inference, training)
