@@ -80,12 +80,14 @@ def archive(images: int, size: int = 128) -> str:
 
 def heavy_checkpoint(data: str) -> str:
     """A ResNet-50 GFNet (p 96, T 5) with random, spread weights (bench/common.py), calibrated on
-    its own exit scores for 256 images of `data`, saved once under bench/data: a model whose
-    time per image is far above the pipeline's own per-image work, as a deployed model's is."""
+    its own exit scores for the first 256 images of `data` (the same images at every --images:
+    the synthetic archive is made image by image from one seed), saved once under bench/data: a
+    model whose time per image is far above the pipeline's own per-image work, as a deployed
+    model's is."""
     from common import randomize_weights
 
-    from gfpipe.budget.scores import exit_scores
     from gfpipe.checkpoint import save_checkpoint
+    from gfpipe.classify.calibrate import archive_scores
     from gfpipe.config import Preprocessing
     from gfpipe.model import GFNet, GFNetConfig
 
@@ -95,16 +97,10 @@ def heavy_checkpoint(data: str) -> str:
     torch.manual_seed(0)
     model = GFNet(GFNetConfig(backbone="resnet50", num_classes=1000, input_size=HEAVY_SIZE, patch_size=96, T=5))
     randomize_weights(model)
-    model.eval()
     model.card.preprocessing = Preprocessing(resize=HEAVY_SIZE, crop=HEAVY_SIZE)
     _, images, _ = decoded(data, model.card.preprocessing)
-    prep = model.card.preprocessing
-    mean = torch.tensor(prep.mean).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(prep.std).view(1, 3, 1, 1) * 255.0
-    with torch.inference_mode():
-        x = torch.from_numpy(images[:256]).float().sub_(mean).div_(std)
-        scores = exit_scores(model.anytime(x).float()).T  # (256, T)
-    model.card.calibration = {"scores": scores.contiguous(), "source": f"{data} (its own scores, label-free)"}
+    scores = archive_scores(model, images[:256], 64, "cpu")  # (256, T), as --calibrate scores an archive
+    model.card.calibration = {"scores": torch.from_numpy(scores), "source": f"{data} (its own scores, label-free)"}
     save_checkpoint(model, str(path), provenance={"made_by": "bench/pipeline.py --model resnet50"})
     return str(path)
 
